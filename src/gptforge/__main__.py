@@ -1,0 +1,4 @@
+# `python -m gptforge ...` (what torchrun launches) behaves exactly like the `gptforge` script.
+from gptforge.cli import main
+
+raise SystemExit(main())
