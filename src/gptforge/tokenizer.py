@@ -11,7 +11,6 @@ import importlib.util
 import json
 import os
 import shutil
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -25,10 +24,6 @@ META_FILE = "tokenizer_meta.json"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 
 
-def _threads() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _sha256_files(paths: Sequence[Path]) -> str:
     h = hashlib.sha256()
     for p in paths:
@@ -37,7 +32,8 @@ def _sha256_files(paths: Sequence[Path]) -> str:
 
 
 class Tokenizer:
-    """Common interface. `encode_batch` is the hot path of prepare: numpy arrays, all cores."""
+    """Common interface. `encode` returns a numpy array; the tiktoken-based ones release the GIL,
+    so prepare runs them on threads over all cores."""
 
     kind: str
     name: str
@@ -47,9 +43,6 @@ class Tokenizer:
 
     def encode(self, text: str) -> np.ndarray:
         raise NotImplementedError
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        return [self.encode(t) for t in texts]
 
     def decode(self, ids: Iterable[int]) -> str:
         raise NotImplementedError
@@ -71,17 +64,9 @@ class TiktokenTokenizer(Tokenizer):
         self.eot_id = encoding.eot_token
         self.vocab_size = encoding.n_vocab
         self.source_dir = source_dir
-        self._pool: ThreadPoolExecutor | None = None
 
     def encode(self, text: str) -> np.ndarray:
         return self.enc.encode_to_numpy(text, disallowed_special=())
-
-    def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
-        if len(texts) < 2:
-            return [self.encode(t) for t in texts]
-        if self._pool is None:  # the Rust encoder releases the GIL, so threads use every core
-            self._pool = ThreadPoolExecutor(_threads())
-        return list(self._pool.map(self.encode, texts))
 
     def decode(self, ids: Iterable[int]) -> str:
         ids = [int(i) for i in ids if int(i) < self.vocab_size]
