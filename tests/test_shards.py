@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+
+from gptforge.errors import UserError
+from gptforge.shards import HEADER_BYTES, MAGIC, ShardWriter, open_shard, write_shard
+
+
+def test_round_trip_uint16_and_uint32(tmp_path):
+    small = np.array([0, 5, 50256, 65535], dtype=np.uint32)
+    write_shard(tmp_path / "a.bin", small, vocab_size=50257)
+    assert (tmp_path / "a.bin").stat().st_size == HEADER_BYTES + 4 * 2
+    header = np.fromfile(tmp_path / "a.bin", dtype="<i4", count=3)
+    assert list(header) == [MAGIC, 1, 4]
+    assert open_shard(tmp_path / "a.bin").tolist() == small.tolist()
+
+    big = np.array([70000, 1, 99999], dtype=np.uint32)
+    write_shard(tmp_path / "b.bin", big, vocab_size=100_000)
+    assert list(np.fromfile(tmp_path / "b.bin", dtype="<i4", count=3)) == [MAGIC, 2, 3]
+    assert open_shard(tmp_path / "b.bin", vocab_size=100_000, check_ids=True).tolist() == big.tolist()
+
+
+def test_writer_uses_a_temporary_name_until_closed(tmp_path):
+    w = ShardWriter(tmp_path / "train_000000.bin", 100)
+    w.write(np.arange(10))
+    assert not (tmp_path / "train_000000.bin").exists()
+    assert [p.name for p in tmp_path.iterdir()] == [".train_000000.bin.tmp"]
+    w.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _raw(path, header, body=b""):
+    h = np.zeros(256, dtype="<i4")
+    h[: len(header)] = header
+    path.write_bytes(h.tobytes() + body)
+    return path
+
+
+@pytest.mark.parametrize(
+    "header,body,message",
+    [
+        ([MAGIC, 3, 2], b"\0" * 4, "unknown version 3"),
+        ([MAGIC, 1, 5], b"\0" * 4, "size is 1028 bytes but the header's 5 tokens need 1034"),
+        ([MAGIC, 1, 0], b"", "is empty"),
+        ([123, 1, 2], b"\0" * 4, "bad magic"),
+    ],
+)
+def test_bad_shards_name_the_file_and_the_fault(tmp_path, header, body, message):
+    path = _raw(tmp_path / "val_000000.bin", header, body)
+    with pytest.raises(UserError, match=message) as e:
+        open_shard(path)
+    assert str(path) in str(e.value)
+
+
+def test_token_id_beyond_vocab_and_zero_byte_file(tmp_path):
+    write_shard(tmp_path / "s.bin", np.array([1, 2, 300]), vocab_size=1000)
+    with pytest.raises(UserError, match="token id 300 at position 2 is not below the vocab size 256"):
+        open_shard(tmp_path / "s.bin", vocab_size=256, check_ids=True)
+    (tmp_path / "z.bin").write_bytes(b"")
+    with pytest.raises(UserError, match=r"z.bin is empty \(0 bytes\)"):
+        open_shard(tmp_path / "z.bin")
+
+
+def test_reads_nanogpt_headerless_files(tmp_path):
+    np.array([3, 1, 4, 1, 5], dtype=np.uint16).tofile(tmp_path / "train.bin")
+    assert open_shard(tmp_path / "train.bin").tolist() == [3, 1, 4, 1, 5]
+    (tmp_path / "val.bin").write_bytes(b"\x01\x02\x03")
+    with pytest.raises(UserError, match="size .3. is odd"):
+        open_shard(tmp_path / "val.bin")
