@@ -44,20 +44,21 @@ def in_val(text: str, val_fraction: float) -> bool:
 def safe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
     """Cut a long text where tokenizing the pieces gives exactly the tokens of the whole.
 
-    A cut goes right after a newline that has a non-space character on both sides: GPT-2's
-    pre-tokenizer makes that newline a token of its own whichever way the text is split.
+    A cut goes right before a newline that is followed by a non-space character: GPT-2's
+    pre-tokenizer makes that newline a token of its own, and the whitespace before it another,
+    whichever way the text is split.
     """
     if len(text) <= piece_chars:
         return [text]
     pieces, start = [], 0
     while len(text) - start > piece_chars:
         pos = text.find("\n", start + piece_chars)
-        while pos != -1 and not (0 < pos < len(text) - 1 and not text[pos - 1].isspace() and not text[pos + 1].isspace()):
+        while pos != -1 and not (pos + 1 < len(text) and not text[pos + 1].isspace()):
             pos = text.find("\n", pos + 1)
         if pos == -1:
             break
-        pieces.append(text[start : pos + 1])
-        start = pos + 1
+        pieces.append(text[start:pos])
+        start = pos
     pieces.append(text[start:])
     return pieces
 
