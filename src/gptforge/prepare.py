@@ -13,7 +13,8 @@ import queue
 import shutil
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -124,18 +125,28 @@ def _read_ahead(iterator: Iterator, depth: int = 2) -> Iterator:
 
 
 class _Encoder:
-    """Tokenizes a batch of documents on all cores (tiktoken releases the GIL) into one array per split."""
+    """Tokenizes batches on all cores (tiktoken releases the GIL) into one array per split.
 
-    def __init__(self, tokenizer: Tokenizer, workers: int):
+    `submit` returns at once: a coordinator thread splits, hashes and assembles a batch while the
+    caller writes the previous one, so the cores never wait for the disk.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, workers: int, rule: dict):
         self.tokenizer = tokenizer
         self.workers = workers
+        self.rule = rule
         self.pool = ThreadPoolExecutor(workers)
+        self.coordinator = ThreadPoolExecutor(1)
         self.eot = np.array([tokenizer.eot_id], dtype=np.uint32)
+
+    def submit(self, docs: list[str]) -> Future:
+        return self.coordinator.submit(self._encode, docs)
 
     def _encode_pieces(self, pieces: list[str]) -> list[np.ndarray]:
         return [self.tokenizer.encode(p) for p in pieces]
 
-    def encode(self, docs: list[str]) -> list[np.ndarray]:
+    def _encode(self, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(train tokens, val tokens) of a batch; every document starts with end-of-text."""
         pieces, owner = [], []
         for i, doc in enumerate(docs):
             for piece in safe_pieces(doc):
@@ -143,16 +154,22 @@ class _Encoder:
                 owner.append(i)
         n_tasks = min(len(pieces), self.workers * 4)  # a few tasks per thread balances uneven lengths
         chunks = [pieces[i::n_tasks] for i in range(n_tasks)]
-        encoded_chunks = list(self.pool.map(self._encode_pieces, chunks))
+        to_val = [self.rule["rule"] == "hash" and in_val(d, self.rule["val_fraction"]) for d in docs]
         encoded: list = [None] * len(pieces)
-        for i, chunk in enumerate(encoded_chunks):
+        for i, chunk in enumerate(self.pool.map(self._encode_pieces, chunks)):
             encoded[i::n_tasks] = chunk
-        per_doc: list[list[np.ndarray]] = [[self.eot] for _ in docs]  # every document starts with end-of-text
+        parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
+        last_owner = -1
         for i, toks in zip(owner, encoded):
-            per_doc[i].append(toks)
-        return [np.concatenate(parts) for parts in per_doc]
+            if i != last_owner:
+                parts[to_val[i]].append(self.eot)
+                last_owner = i
+            parts[to_val[i]].append(toks)
+        empty = np.zeros(0, dtype=np.uint32)
+        return tuple(np.concatenate(parts[v]) if parts[v] else empty for v in (False, True))
 
     def close(self) -> None:
+        self.coordinator.shutdown()
         self.pool.shutdown()
 
 
@@ -265,27 +282,33 @@ def prepare(
     train = ShardSequence(out, "train", len(manifest["shards"]["train"]), manifest["shard_tokens"], tok.vocab_size)
     val = ShardSequence(out, "val", len(manifest["shards"]["val"]), manifest["shard_tokens"], tok.vocab_size)
     tallies = {i: SourceTally() for i in range(len(sources))}
-    encoder = _Encoder(tok, workers or _cpu_count())
+    encoder = _Encoder(tok, workers or _cpu_count(), rule)
     progress = Progress(total_bytes=sum(s.path.stat().st_size for s in sources))
     started = time.time()
     try:
+        in_flight: deque = deque()  # (source index, docs, future): written in order, two batches ahead
+
+        def write_oldest() -> None:
+            index, docs, future = in_flight.popleft()
+            train_tokens, val_tokens = future.result()
+            train.write(train_tokens)
+            val.write(val_tokens)
+            tallies[index].documents += len(docs)
+            tallies[index].characters += sum(map(len, docs))
+            progress.update(len(docs), len(train_tokens) + len(val_tokens), sum(map(len, docs)))
+
         for index, docs in _read_ahead(_batches(sources, min_chars, tallies)):
-            tally = tallies[index]
-            if not docs:  # end of a source
-                tally.train[1], tally.val[1] = train.total, val.total
-                progress.source_done(sources[index].path.stat().st_size)
-                if index + 1 in tallies:
-                    tallies[index + 1].train[0], tallies[index + 1].val[0] = train.total, val.total
+            if docs:
+                in_flight.append((index, docs, encoder.submit(docs)))
+                if len(in_flight) > 2:
+                    write_oldest()
                 continue
-            to_val = [rule["rule"] == "hash" and in_val(d, rule["val_fraction"]) for d in docs]
-            encoded = encoder.encode(docs)
-            for split_name, seq in (("train", train), ("val", val)):
-                chosen = [t for t, v in zip(encoded, to_val) if v == (split_name == "val")]
-                if chosen:
-                    seq.write(np.concatenate(chosen))
-            tally.documents += len(docs)
-            tally.characters += sum(map(len, docs))
-            progress.update(len(docs), sum(len(t) for t in encoded), sum(map(len, docs)))
+            while in_flight:  # end of a source: its spans in both streams are now known
+                write_oldest()
+            tallies[index].train[1], tallies[index].val[1] = train.total, val.total
+            progress.source_done(sources[index].path.stat().st_size)
+            if index + 1 in tallies:
+                tallies[index + 1].train[0], tallies[index + 1].val[0] = train.total, val.total
         progress.finish()
         train.close()
         moved = move_tail(train, val, _tail_tokens(rule, fresh, train.total, val.total))
