@@ -63,10 +63,10 @@ class WikipediaSource(Source):
         try:
             for chunk in chunks:
                 head += chunk
-                if len(head) >= HEAD_BYTES:
+                if b"<mediawiki" in head or len(head) >= HEAD_BYTES:
                     break
         except DamagedDump as e:
-            if not head:
+            if b"<mediawiki" not in head:
                 raise UserError(f"source {self.path}: {e.what}") from None
         finally:
             chunks.close()
@@ -114,15 +114,16 @@ class WikipediaSource(Source):
                     if start < 0 and len(pending) < HEAD_BYTES and b"</mediawiki>" not in pending:
                         continue
                     names = _names_from_header(pending[: start if start >= 0 else len(pending)])
-                if len(pending) < BATCH_BYTES:
-                    continue
-                cut = pending.rfind(_PAGE_END)
-                if cut < 0:
-                    continue  # one page longer than a batch: keep reading
-                cut += len(_PAGE_END)
-                if held is not None:
-                    yield self._count(held), names
-                held, pending = pending[:cut], pending[cut:]
+                while len(pending) >= BATCH_BYTES:
+                    cut = pending.rfind(_PAGE_END, 0, BATCH_BYTES)
+                    if cut < 0:
+                        cut = pending.find(_PAGE_END, BATCH_BYTES)  # a page longer than a batch
+                        if cut < 0:
+                            break  # keep reading until it ends
+                    cut += len(_PAGE_END)
+                    if held is not None:
+                        yield self._count(held), names
+                    held, pending = pending[:cut], pending[cut:]
         except DamagedDump as e:
             if e.trusted:  # everything decompressed so far is sound: keep its whole pages
                 if held is not None:
@@ -202,7 +203,7 @@ def _stdlib_bz2(f) -> Iterator[bytes]:
     """Single-threaded decompression; handles multistream dumps (streams back to back)."""
     decompressor = bz2.BZ2Decompressor()
     fed_since_stream_start = False
-    for block in iter(lambda: f.read(READ_BYTES), b""):
+    for block in iter(lambda: f.read(1 << 16), b""):  # small reads: stop soon after any damage
         while block:
             try:
                 out = decompressor.decompress(block)

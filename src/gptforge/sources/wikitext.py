@@ -80,8 +80,9 @@ _LINE_BREAK_TAG = re.compile(r"<br\b[^>]*>", re.I)
 _BRACE_RUN = re.compile(r"\{\{+|\}\}+")
 _TABLE_EDGE = re.compile(r"\n[ \t:]*\{\||\n[ \t]*\|\}")
 _EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:|//|mailto:|news:|irc:|ircs:|gopher:|sftp:)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]", re.I)
-# a link holding no other link: single brackets may appear inside (a caption's "[above]")
-_INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\]))[^\[\]]*)*)\]\]")
+# a link holding no other link: single brackets may appear inside (a caption's "[above]"),
+# and in "]]]" the last two close the link
+_INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\])|\](?=\]\]))[^\[\]]*)*)\]\]")
 # A line made only of namespaced links (categories, interlanguage links, images) is never prose,
 # whatever the wiki calls those namespaces.
 _NS_LINK = r"\[\[[^\[\]|:\n]+:[^\[\]\n]*\]\]"
