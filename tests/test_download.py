@@ -296,13 +296,18 @@ def test_repeated_5xx_gives_up_with_the_url_and_status(server, tmp_path):
     assert len(fake.requests("GET")) == FAST.attempts and files_in(tmp_path) == set()
 
 
-def test_404_is_final_at_once(server, tmp_path):
+def test_404_is_final_at_once_and_running_files_still_finish(server, tmp_path):
     fake, base = server
-    fake.files["/f/s_0.bin"] = payload(1000)
+    fake.files["/f/s_0.bin"] = payload(100_000)
+    fake.files["/f/s_2.bin"] = payload(1000)
+    fake.slow = 0.002  # s_0 is still running when s_1 fails
     with pytest.raises(UserError) as e:
-        run(base + "/f/s_{index}.bin", tmp_path, shards=2, workers=1)
-    assert str(e.value).startswith(f"{base}/f/s_1.bin: HTTP 404 Not Found")
+        run(base + "/f/s_{index}.bin", tmp_path, shards=3, workers=2)
+    assert str(e.value) == (f"{base}/f/s_1.bin: HTTP 404 Not Found "
+                            "(no such file: check the dataset name, the shard range and --mirror)")
     assert len(fake.requests("GET", "/f/s_1.bin")) == 1
+    assert (tmp_path / "s_0.bin").read_bytes() == payload(100_000)  # finished, not cut off
+    assert fake.requests(path="/f/s_2.bin") == [] and files_in(tmp_path) == {"s_0.bin"}  # never started
 
 
 def test_connection_dropped_for_good_leaves_only_a_part_file_that_resumes_later(server, tmp_path):
@@ -322,7 +327,8 @@ def test_connection_dropped_for_good_leaves_only_a_part_file_that_resumes_later(
     assert (tmp_path / "s_0.bin").read_bytes() == body and files_in(tmp_path) == {"s_0.bin"}
 
 
-def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_path, sig):
     fake, base = server
     body = payload(400_000)
     fake.files["/f/s_0.bin"] = body
@@ -335,8 +341,10 @@ def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_pa
     deadline = time.monotonic() + 20
     while not (part.exists() and part.stat().st_size >= 40_000) and time.monotonic() < deadline:
         time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=10)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=10)
+    if sig == signal.SIGINT:  # Ctrl-C: workers stop between chunks, the CLI says so in one line
+        assert rc == 130 and proc.stderr.read().decode().strip() == "gptforge download: interrupted"
     assert files_in(out) == {".s_0.bin.part"}
     kept = part.stat().st_size
     assert 0 < kept < len(body) and part.read_bytes() == body[:kept]
@@ -513,6 +521,8 @@ def test_plan_for_named_datasets_and_bad_requests(tmp_path):
         ("ftp://h/x_{index}.bin", 1, 0): "must start with http:// or https://",
         ("https://h/x.bin?i={index}", 2, 0): "shards 0 and 1 both map to the file name 'x.bin'",
         ("https://h/x_{index}.bin", 0, 0): "--shards must be at least 1",
+        ("https://h/a%2F..%2F..%2Fx_{index}.bin", 1, 0): "its path does not end in a usable file name",
+        ("https://h/..%5Cx_{index}.bin", 1, 0): "its path does not end in a usable file name",
     }
     for (name, shards, start), message in cases.items():
         with pytest.raises(UserError) as e:

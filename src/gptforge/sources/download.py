@@ -25,7 +25,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -140,7 +140,7 @@ def plan(name: str, out: str | os.PathLike, shards: int, start: int = 0, mirror:
     for index, role in indices:
         source = _expand(template, index)
         filename = unquote(urlsplit(source).path.rsplit("/", 1)[-1])
-        if not filename or filename.startswith("."):
+        if not filename or filename.startswith(".") or any(c in filename for c in "/\\\0"):  # stay inside --out
             raise UserError(f"URL {source}: its path does not end in a usable file name")
         if filename in names:
             raise UserError(f"URL template {template}: shards {names[filename]} and {index} both map to the file name "
@@ -514,31 +514,35 @@ def download(name: str, out, shards: int, workers: int = 4, mirror: str | None =
     span = train[0] if len(train) == 1 else f"{train[0]} .. {train[-1]}"
     print(f"download {name}: {len(train)} train file(s) {span}" + (f" + validation {val.name}" if val else "")
           + f" -> {out.resolve()} ({min(workers, len(jobs))} workers)", file=print_out, flush=True)
+    if name in DATASETS:
+        print(f"  {DATASETS[name].about}", file=print_out, flush=True)
 
     token = next((os.environ[k] for k in TOKEN_ENV if os.environ.get(k)), None)
     progress = _Progress(len(jobs), progress_stream)
-    stop = threading.Event()
+    stop = threading.Event()  # Ctrl-C: transfers stop between chunks, their .part files stay
+    failed = threading.Event()  # a file failed: start no new file, let the running ones finish
     fetcher = _Fetcher(_Http(policy, mirror, token), policy, progress, stop, _Record(out))
     summary = Summary(val_file=val)
 
     def one(job: Job):
-        if stop.is_set():
+        if failed.is_set() or stop.is_set():
             raise _Stopped()
-        outcome, n = fetcher.fetch(job)
+        try:
+            outcome, n = fetcher.fetch(job)
+        except BaseException:
+            failed.set()  # before this worker takes the next job
+            raise
         progress.file_done()
         with progress.lock:
             (summary.fetched if outcome == "fetched" else summary.skipped).append(job.path)
             summary.bytes += n
 
-    errors: list[BaseException] = []
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="download") as pool:
         futures = [pool.submit(one, job) for job in jobs]
         try:
             pending = set(futures)
             while pending:  # a short timeout keeps Ctrl-C responsive in the main thread
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_EXCEPTION)
-                if any(f.exception() for f in done):
-                    stop.set()
+                pending = wait(pending, timeout=0.5)[1]
         except KeyboardInterrupt:
             stop.set()
             progress.close()
