@@ -1,0 +1,160 @@
+"""Optimizers and learning-rate schedules.
+
+AdamW (fused on CUDA) with weight decay on matrices only, or Muon (PyTorch's torch.optim.Muon) for the
+hidden matrices of the transformer blocks with AdamW for everything else (embeddings, head, norms,
+biases), behind one object. Schedules are pure functions of the step: nothing to checkpoint, nothing
+to drift on resume.
+
+Hyperparameters come from the config, state from the checkpoint: after load_state_dict every group keeps
+the configured initial_lr, betas, weight decay and momentum (so a resume may lower the learning rate),
+and only the moments / momentum buffers come from the file.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from gptforge.config import OptimConfig
+from gptforge.errors import UserError
+
+# keys of a param group restored from the config after loading a state dict ("lr" is set by apply_lr)
+_FROM_FILE = ("params", "lr")
+
+
+def _plain_name(name: str) -> str:
+    for prefix in ("module.", "_orig_mod."):  # DDP and torch.compile wrappers
+        while name.startswith(prefix):
+            name = name[len(prefix):]
+    return name
+
+
+def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:
+    """A 2-D weight inside a transformer block: what Muon is for (not embeddings, not the head)."""
+    return param.ndim == 2 and _plain_name(name).startswith("transformer.h.")
+
+
+def _keep_config_hyperparams(optimizer: torch.optim.Optimizer) -> None:
+    configured = [{k: v for k, v in g.items() if k not in _FROM_FILE} for g in optimizer.param_groups]
+
+    def restore(opt: torch.optim.Optimizer) -> None:
+        for group, values in zip(opt.param_groups, configured):
+            group.update(values)
+
+    optimizer.register_load_state_dict_post_hook(restore)
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.AdamW:
+    groups = [g for g in groups if g["params"]]
+    for g in groups:
+        g["initial_lr"] = cfg.learning_rate
+    # fused is the fastest on CUDA; on CPU the default for-loop is deterministic and simple
+    opt = torch.optim.AdamW(groups, lr=cfg.learning_rate, betas=(cfg.beta1, cfg.beta2),
+                            fused=True if device_type == "cuda" else None)
+    _keep_config_hyperparams(opt)
+    return opt
+
+
+class MuonAdamW:
+    """torch.optim.Muon for hidden matrices plus AdamW for the rest, used as one optimizer.
+
+    param_groups lists Muon's groups then AdamW's (the same dicts, so setting "lr" takes effect);
+    state_dict() is {"muon": ..., "adamw": ...}; step() steps both. Works with GradScaler, which
+    only needs param_groups and step()."""
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @property
+    def state(self) -> dict:
+        return {**self.muon.state, **self.adamw.state}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none=set_to_none)
+        self.adamw.zero_grad(set_to_none=set_to_none)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def state_dict(self) -> dict:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not isinstance(state, dict) or set(state) != {"muon", "adamw"}:
+            raise UserError("optimizer state is not a Muon+AdamW state (was the run trained with optimizer=adamw?)")
+        self.muon.load_state_dict(state["muon"])
+        self.adamw.load_state_dict(state["adamw"])
+
+
+def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str):
+    """AdamW, or Muon + AdamW, over the model's trainable parameters; every group has "initial_lr"."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # a tied weight appears once
+    if cfg.optimizer == "adamw":
+        return _adamw([
+            {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+            {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
+        ], cfg, device_type)
+    if cfg.optimizer != "muon":
+        raise UserError(f"config key 'optimizer': {cfg.optimizer!r} is not one of 'adamw', 'muon'")
+    if not hasattr(torch.optim, "Muon"):
+        raise UserError(f"optimizer=muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}")
+    hidden = [p for n, p in named if is_hidden_matrix(n, p)]
+    rest = [(n, p) for n, p in named if not is_hidden_matrix(n, p)]
+    if not hidden:
+        raise UserError("optimizer=muon: the model has no hidden matrices for Muon (n_layer must be > 0)")
+    # Muon's decoupled decay multiplies by (1 - lr * wd): scale wd so the per-step shrink matches AdamW's
+    muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
+    muon = torch.optim.Muon([{"params": hidden, "initial_lr": cfg.muon_lr}], lr=cfg.muon_lr,
+                            momentum=cfg.muon_momentum, weight_decay=muon_wd, nesterov=True)
+    _keep_config_hyperparams(muon)
+    adamw = _adamw([
+        {"params": [p for _, p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for _, p in rest if p.ndim < 2], "weight_decay": 0.0},
+    ], cfg, device_type)
+    return MuonAdamW(muon, adamw)
+
+
+def lr_multiplier(step: int, cfg: OptimConfig, max_iters: int) -> float:
+    """The learning rate at `step` as a fraction of the configured peak (pure; same after a resume).
+
+    Warmup: linear, (step + 1) / (warmup_iters + 1) as nanoGPT. Then "constant": 1; "cosine": nanoGPT's
+    cosine from 1 to min_lr / learning_rate at lr_decay_iters; "wsd": 1 until the last decay_fraction of
+    lr_decay_iters, then linear to min_lr / learning_rate. Past lr_decay_iters (0 means max_iters):
+    min_lr / learning_rate."""
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    floor = cfg.min_lr / cfg.learning_rate
+    decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters > 0 else max_iters
+    warmup = cfg.warmup_iters
+    if step < warmup:
+        return (step + 1) / (warmup + 1)
+    if cfg.schedule == "constant":
+        return 1.0
+    if step >= decay_iters:
+        return floor
+    if cfg.schedule == "cosine":
+        ratio = (step - warmup) / (decay_iters - warmup)  # > 0 denominator: warmup <= step < decay_iters
+        return floor + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (1.0 - floor)
+    if cfg.schedule == "wsd":
+        decay_start = max(warmup, decay_iters - round(cfg.decay_fraction * decay_iters))
+        if step < decay_start:
+            return 1.0
+        return 1.0 - (step - decay_start) / (decay_iters - decay_start) * (1.0 - floor)
+    raise UserError(f"config key 'schedule': {cfg.schedule!r} is not one of 'cosine', 'wsd', 'constant'")
+
+
+def apply_lr(optimizer, multiplier: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] * multiplier
