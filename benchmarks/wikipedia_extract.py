@@ -67,7 +67,7 @@ def run_gptforge(dump: Path, processes: int, out: Path) -> tuple[float, int]:
         for doc in source.documents():
             title, _, text = doc.partition("\n\n")
             f.write(json.dumps({"title": title, "text": text}, ensure_ascii=False) + "\n")
-    return time.perf_counter() - start, source.counters["pages"]
+    return time.perf_counter() - start, source.pages_read
 
 
 def run_wikiextractor(exe: Path, dump: Path, processes: int, out_dir: Path) -> float:
