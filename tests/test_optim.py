@@ -80,6 +80,7 @@ def test_apply_lr_sets_every_group_from_initial_lr():
     apply_lr(opt, 0.5)
     assert sorted(g["lr"] for g in opt.param_groups) == [5e-4, 5e-4, 0.025]
     assert opt.muon.param_groups[0]["lr"] == 0.025  # the wrapper's groups are the real ones
+    assert opt.param_groups[0]["lr"] == 5e-4  # AdamW's first: the lr a log line reports
 
 
 # ---- exact resume --------------------------------------------------------------------------------

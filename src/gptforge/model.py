@@ -111,10 +111,12 @@ class Block(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.modern = cfg.arch == "modern"
+        # registration order = parameter order = nanoGPT's (ln_1, attn, ln_2, mlp): optimizer states map 1:1
         if not self.modern:
             self.ln_1 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
-            self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.attn = Attention(cfg)
+        if not self.modern:
+            self.ln_2 = nn.LayerNorm(cfg.n_embd, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x, rotary, cache, layer, dropout_on):

@@ -59,7 +59,8 @@ def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.opti
 class MuonAdamW:
     """torch.optim.Muon for hidden matrices plus AdamW for the rest, used as one optimizer.
 
-    param_groups lists Muon's groups then AdamW's (the same dicts, so setting "lr" takes effect);
+    param_groups lists AdamW's groups then Muon's (the same dicts, so setting "lr" takes effect; the
+    first group's lr is the learning_rate-based one a log line shows);
     state_dict() is {"muon": ..., "adamw": ...}; step() steps both. Works with GradScaler, which
     only needs param_groups and step()."""
 
@@ -68,7 +69,7 @@ class MuonAdamW:
 
     @property
     def param_groups(self) -> list[dict]:
-        return self.muon.param_groups + self.adamw.param_groups
+        return self.adamw.param_groups + self.muon.param_groups
 
     @property
     def state(self) -> dict:
