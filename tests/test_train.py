@@ -1,0 +1,147 @@
+"""The loop's guards and records: NaN skips, spikes, fp16 scaler state, config round-trip, data growth."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import make_char_data, tiny_config, tiny_text
+from gptforge.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.config import load_config
+from gptforge.errors import UserError
+from gptforge.model import GPT
+from gptforge.train import train
+
+FIXED = dict(lr_decay_iters=40)
+
+
+def events(run_dir, name):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == name]
+
+
+def poison_forward(monkeypatch, bad_steps, factor=float("nan"), accum=2):
+    """Multiply the training loss by `factor` on the micro-batches of `bad_steps`."""
+    real = GPT.forward
+    calls = {"n": 0}
+
+    def forward(self, idx, targets=None):
+        logits, loss = real(self, idx, targets)
+        if self.training and targets is not None:
+            if calls["n"] // accum in bad_steps:
+                loss = loss * factor
+            calls["n"] += 1
+        return logits, loss
+
+    monkeypatch.setattr(GPT, "forward", forward)
+
+
+def same_state(a, b):
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(sa[i][k], sb[i][k]), (i, k)
+
+
+def test_nan_step_is_skipped_with_params_and_optimizer_untouched(tmp_path, char_data, monkeypatch):
+    train(tiny_config(char_data, tmp_path / "ref", max_iters=5, **FIXED))
+    poison_forward(monkeypatch, bad_steps={5})
+    train(tiny_config(char_data, tmp_path / "nan", max_iters=6, **FIXED))
+    ref = load_checkpoint(tmp_path / "ref" / "checkpoints" / "step_00000005")
+    nan = load_checkpoint(tmp_path / "nan" / "checkpoints" / "step_00000006")
+    same_state(ref, nan)  # step 5 consumed its data but changed nothing
+    assert nan["state"]["guard"]["nan_skips"] == 1
+    assert [(e["step"], e["count"], e["consecutive"]) for e in events(tmp_path / "nan", "nan_skip")] == [(5, 1, 1)]
+
+
+def test_repeated_nans_stop_with_a_checkpoint_and_the_likely_causes(tmp_path, char_data, monkeypatch):
+    poison_forward(monkeypatch, bad_steps=set(range(3, 100)))
+    with pytest.raises(UserError) as info:
+        train(tiny_config(char_data, tmp_path / "run", max_iters=30, max_nan_skips=3, **FIXED))
+    message = str(info.value)
+    assert "stopped at step 6: 3 non-finite losses in a row" in message
+    for cause in ("learning rate is too high", "fp16 overflow", "--grad_clip=1.0"):
+        assert cause in message
+    state = load_checkpoint(latest_checkpoint(tmp_path / "run"))
+    assert state["state"]["step"] == 6 and state["state"]["guard"]["consecutive"] == 3
+    assert events(tmp_path / "run", "end")[-1]["reason"] == "nan"
+    assert all(torch.isfinite(t).all() for t in state["model"].values())
+
+
+@pytest.mark.parametrize("skip", [False, True])
+def test_loss_spike_is_reported_and_optionally_skipped(tmp_path, char_data, monkeypatch, capsys, skip):
+    if skip:
+        train(tiny_config(char_data, tmp_path / "ref", max_iters=14, **FIXED))
+    poison_forward(monkeypatch, bad_steps={14}, factor=50.0)
+    run = tmp_path / "spiky"
+    train(tiny_config(char_data, run, max_iters=15, skip_spikes=skip, **FIXED))
+    spikes = events(run, "spike")
+    assert len(spikes) == 1 and spikes[0]["step"] == 14
+    assert spikes[0]["loss"] > spikes[0]["mean"] + 6 * spikes[0]["std"]
+    out = capsys.readouterr().out
+    assert "step 14: loss spike" in out
+    assert ("optimizer step skipped" in out) == skip and ("kept (set --skip_spikes=true to skip)" in out) != skip
+    if skip:
+        after = load_checkpoint(run / "checkpoints" / "step_00000015")
+        same_state(load_checkpoint(tmp_path / "ref" / "checkpoints" / "step_00000014"), after)
+
+
+def test_fp16_overflow_skips_the_step_lowers_the_scale_and_scaler_state_round_trips(tmp_path, char_data, monkeypatch, capsys):
+    poison_forward(monkeypatch, bad_steps={2}, factor=1e30)  # finite loss, gradients overflow fp16
+    run = tmp_path / "fp16"
+    train(tiny_config(char_data, run, max_iters=4, dtype="float16", spike_sigma=0, **FIXED))
+    assert "step 2: fp16 overflow, step skipped; loss scale 65536 -> 32768" in capsys.readouterr().out
+    saved = load_checkpoint(latest_checkpoint(run))["tensors"]["scaler"]
+    assert saved["scale"] == 32768.0
+    monkeypatch.undo()
+    train(tiny_config(char_data, run, max_iters=5, dtype="float16", spike_sigma=0, init_from="resume", **FIXED))
+    assert load_checkpoint(latest_checkpoint(run))["tensors"]["scaler"]["scale"] == 32768.0  # restored, not reset
+
+
+def test_config_round_trip_and_run_layout(tmp_path, char_data):
+    run = tmp_path / "run"
+    cfg = tiny_config(char_data, run, max_iters=6, sample_tokens=4, sample_prompts=["the cat"])
+    train(cfg)
+    stored = load_config(str(run / "config.toml")).flat()
+    state = load_checkpoint(latest_checkpoint(run))["state"]
+    assert stored == state["config"]
+    expected = {**cfg.flat(), "vocab_size": 25}  # resolved from the dataset's tokenizer
+    assert stored == expected
+    assert (run / "tokenizer" / "tokenizer_meta.json").is_file()
+    assert state["tokenizer"]["name"] == "char24"
+    sample = (run / "samples" / "step_00000006.txt").read_text()
+    assert sample.startswith("'the cat' -> '") and len(sample.split(" -> ")[1].strip()) == 6  # 4 chars + quotes
+    start = events(run, "start")[0]
+    assert start["params"] == GPT(load_config(str(run / "config.toml")).model).num_params()
+    assert start["tokens_per_iter"] == 4 * 16 * 2 and start["max_iters"] == 6 and start["peak_flops"] is None
+    logs = events(run, "log")
+    assert [e["step"] for e in logs] == [1, 2, 3, 4, 5, 6] and all(e["mfu"] is None for e in logs)
+    assert logs[-1]["tokens"] == 6 * 128
+    assert [e["step"] for e in events(run, "eval")] == [0, 6]
+
+
+def test_budget_from_tokens_per_param(tmp_path, char_data, capsys):
+    cfg = tiny_config(char_data, tmp_path / "run", max_iters=0, tokens_per_param=0.01, n_embd=16)
+    result = train(cfg)
+    params = events(tmp_path / "run", "start")[0]["params"]
+    assert result["step"] == -(-round(0.01 * params) // 128)
+    assert "tokens/param" in capsys.readouterr().out
+
+
+def test_grown_dataset_is_used_after_resume_and_logged(tmp_path):
+    from gptforge.prepare import prepare
+
+    data = make_char_data(tmp_path, tiny_text(400, seed=1))
+    run = tmp_path / "run"
+    train(tiny_config(data, run, max_iters=4, **FIXED))
+    (tmp_path / "more.txt").write_text(tiny_text(400, seed=2))
+    prepare([str(tmp_path / "more.txt")], data)
+    train(tiny_config(data, run, max_iters=6, init_from="resume", **FIXED))
+    grew = events(run, "data_grew")
+    assert len(grew) == 1 and grew[0]["step"] == 4 and grew[0]["version"] == 2
+    assert grew[0]["new_train_tokens"] > grew[0]["old_train_tokens"]
+    assert events(run, "start")[-1]["dataset_version"] == 2
