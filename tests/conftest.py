@@ -51,3 +51,13 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present on this machine")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_run(char_data, tmp_path_factory) -> Path:
+    """A finished tiny run (6 steps) on char_data, for sample/eval tests; read-only."""
+    from gptforge.train import train
+
+    run = tmp_path_factory.mktemp("tinyrun") / "run"
+    train(tiny_config(char_data, run, max_iters=6, dropout=0.0))
+    return run

@@ -105,8 +105,10 @@ def _nanogpt_vocab(data_dir: Path) -> tuple[int, int | None]:
 
 def open_dataset(data_dir: str | Path) -> Dataset:
     """A gptforge DATA_DIR (manifest.json) or a nanoGPT data folder (train.bin, val.bin [, meta.pkl])."""
+    if not str(data_dir).strip():
+        raise UserError("no dataset given: set --data=DATA_DIR (a directory made by `gptforge prepare`)")
     data_dir = Path(data_dir)
-    if not str(data_dir) or not data_dir.is_dir():
+    if not data_dir.is_dir():
         raise UserError(f"data directory {str(data_dir)!r} does not exist (set --data=DATA_DIR, made by `gptforge prepare`)")
     manifest = load_manifest(data_dir)
     if manifest is not None:

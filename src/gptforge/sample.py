@@ -90,7 +90,11 @@ def sample_command(run_dir, prompt: str = "", num_samples: int = 1, max_new_toke
     if tokenizer is None:
         raise UserError(f"{run_dir} has no tokenizer/ directory, so its tokens cannot be turned into text")
     text = read_prompt(prompt)
-    ids = [int(i) for i in tokenizer.encode(text)] if text else []
+    try:
+        ids = [int(i) for i in tokenizer.encode(text)] if text else []
+    except UserError:  # a character-level vocabulary without some of the prompt's characters
+        missing = "".join(sorted(set(text) - set(getattr(tokenizer, "chars", []))))
+        raise UserError(f"--prompt has characters this run's vocabulary does not have: {missing!r}") from None
     if not ids:
         ids = [tokenizer.eot_id]  # an empty prompt starts a fresh document
     generator = torch.Generator(device=dev).manual_seed(seed)

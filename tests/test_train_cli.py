@@ -1,0 +1,66 @@
+"""Every user error of `gptforge train` is one clear line and exit code 1."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import tiny_config
+from gptforge.cli import main
+
+TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=2", "--max_iters=2",
+        "--eval_iters=1", "--sample_tokens=0", "--gradient_accumulation_steps=1"]
+
+
+def run_cli(capsys, *args):
+    code = main(["train", *args])
+    err = capsys.readouterr().err.strip()
+    return code, err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data=/nonexistent/data"], "data directory '/nonexistent/data' does not exist"),
+    ([], "no dataset given: set --data=DATA_DIR"),
+    (["--n_layerz=2"], "unknown config key 'n_layerz' in the command line; did you mean 'n_layer'?"),
+    (["--device=cuda"], "device 'cuda': CUDA is not available"),
+    (["--device=tpu"], "device 'tpu' is not one of auto, cuda, cuda:N, mps, cpu"),
+    (["--init_from=/nonexistent/hf"], "'init_from': '/nonexistent/hf' is not 'scratch', 'resume' or a Hugging Face"),
+    (["--vocab_size=3"], "config key 'vocab_size' (3) is smaller than the dataset's vocabulary (25)"),
+    (["--block_size=100000"], "fewer than block_size + 1 (100001)"),
+    (["--max_iters=0", "--tokens_per_param=0"], "no training budget"),
+])
+def test_bad_input_is_one_line(tmp_path, capsys, char_data, args, message):
+    base = [f"--data={char_data}", f"--out={tmp_path / 'run'}", "--device=cpu", *TINY]
+    if any(a.startswith("--data") for a in args) or not args:
+        base = [a for a in base if not a.startswith("--data")]
+    if any(a.startswith("--device") for a in args):
+        base = [a for a in base if not a.startswith("--device")]
+    code, err = run_cli(capsys, *base, *args)
+    assert code == 1
+    assert message in err and err.startswith("gptforge train: error: ") and "\n" not in err
+
+
+def test_resume_errors(tmp_path, capsys, char_data):
+    run = tmp_path / "run"
+    common = [f"--data={char_data}", f"--out={run}", *TINY]
+    code, err = run_cli(capsys, *common, "--init_from=resume")
+    assert code == 1 and f"init_from=resume: no complete checkpoint in {run / 'checkpoints'}" in err
+    assert main(["train", *common]) == 0
+    capsys.readouterr()
+    code, err = run_cli(capsys, *common)
+    assert code == 1 and "already holds a run (checkpoint step_00000002); continue it with --init_from=resume" in err
+    code, err = run_cli(capsys, *common, "--init_from=resume")
+    assert code == 1 and "nothing to do: the checkpoint is at step 2 and max_iters is 2" in err
+    code, err = run_cli(capsys, *common, "--init_from=resume", "--max_iters=4", "--n_layer=2", "--n_embd=32")
+    assert code == 1
+    assert "cannot resume: the model differs from the checkpoint's (n_layer: 1 -> 2; n_embd: 16 -> 32)" in err
+
+
+def test_resume_reports_what_changed(tmp_path, capsys, char_data):
+    from gptforge.train import train
+
+    run = tmp_path / "run"
+    train(tiny_config(char_data, run, max_iters=2))
+    capsys.readouterr()
+    train(tiny_config(char_data, run, max_iters=3, init_from="resume", learning_rate=1e-3))
+    out = capsys.readouterr().out
+    assert "changed: learning_rate: 0.003 -> 0.001; max_iters: 2 -> 3" in out
