@@ -55,6 +55,9 @@ from gptforge.sources.wikitext import WikiNames, clean, strip_tables, strip_temp
         ("5&nbsp;km &mdash; caf&eacute; &lt;b&gt; &#169; &#x263A;", "5 km — café <b> © ☺"),
         # leftovers of removed markup tidied: empty parentheses, space before punctuation
         ("Athens ({{lang-el|Αθήνα}}) is old {{citation needed}}.", "Athens is old."),
+        ("Lincoln ({{IPAc-en|l|ɪ|ŋ|k|ə|n}}; February 12, 1809 {{ndash}} 1865) and Achilles ({{IPAc-en|ə}};, Akhilleus, {{IPA|x}}).",
+         "Lincoln (February 12, 1809 1865) and Achilles (Akhilleus)."),
+        ("Sources:\n* {{cite book|title=X}}.\n* Real source.", "Sources:\nReal source."),
     ],
 )
 def test_clean(wikitext, expected):

@@ -96,6 +96,8 @@ _LIST_MARKER = re.compile(r"\n[*#:;]+ *")
 _RESIDUE_LINE = re.compile(r"\n(?:\||!(?=[^\n]*(?:!!|\|))|\{\||\}\}|-{4,})[^\n]*")
 _SPACES = re.compile(r"  +")
 _EMPTY_PARENS = re.compile(r"\([ ,;:]*\)")
+_PAREN_OPEN_JUNK = re.compile(r"\([ ,;]+")  # "(; born 1950" once a pronunciation template is gone
+_PUNCT_ONLY_LINE = re.compile(r"\n[.,;:]+(?=\n)")  # what "* {{cite book}}." leaves
 _SPACE_BEFORE_PUNCT = re.compile(r" ([,.])(?=\s)")
 _BLANK_LINES = re.compile(r"\n\n\n+")
 _HEADING_MARK = "\x00"  # marks heading lines so the headings of empty closing sections can go
@@ -127,12 +129,16 @@ def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
     if "&" in text:
         text = html.unescape(text).replace("\u00a0", " ")
     text = text.replace("\t", " ")
-    if "(" in text:
-        text = _EMPTY_PARENS.sub("", text)
     text = _SPACES.sub(" ", text)
+    if "(" in text:
+        text = _PAREN_OPEN_JUNK.sub("(", text)
+        for junk in (", )", "; )", ",)", ";)", " )"):
+            text = text.replace(junk, ")")
+        text = _EMPTY_PARENS.sub("", text).replace("  ", " ")
     text = "\n".join([line.strip() for line in text.split("\n")])
     text = _LIST_MARKER.sub("\n", text)
     text = _RESIDUE_LINE.sub("", text)
+    text = _PUNCT_ONLY_LINE.sub("", text)
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = _BLANK_LINES.sub("\n\n", text).strip()
     # "References", "External links", ...: nothing is left under the closing headings
