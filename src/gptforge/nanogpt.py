@@ -4,7 +4,7 @@
   classes at all beyond dict/str/int, so a crafted file cannot run anything.
 - `import_nanogpt_command`: a nanoGPT ckpt.pt (model, optimizer, model_args, iter_num, best_val_loss,
   config) loaded with torch.load(weights_only=True), turned into a gptforge run directory that samples and
-  resumes: `gptforge train --out=RUN_DIR --init_from=resume` continues with nanoGPT's hyperparameters,
+  resumes: `gptforge train RUN_DIR/config.toml` continues with nanoGPT's hyperparameters,
   its AdamW moments and its learning-rate schedule at iter_num.
 
 nanoGPT's GPT is GPT-2 with the same parameter names and order as the gpt2 arch; its one difference is
@@ -222,7 +222,7 @@ def _run_config(ckpt: dict, vocab: int, data: Path | None, out: Path, where: Pat
                       dropout=float(args.get("dropout", 0.0)), vocab_size=vocab)
     except (KeyError, TypeError) as e:
         raise UserError(f"{where}: model_args lacks {e}") from None
-    values.update(data=str(data) if data else "", out=str(out), init_from="resume")
+    values.update(data=str(data.resolve()) if data else "", out=str(out), init_from="resume")
     return build_config(values, where=str(where))
 
 
@@ -295,6 +295,6 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
         print("no --data given: the run samples" + ("" if tokenizer else " token ids only (no tokenizer known)") +
               "; to continue training, import again with --data=DATA_FOLDER")
     else:
-        print(f"continue training with: gptforge train --out={out} --init_from=resume "
-              "(the data order restarts with a fresh permutation: nanoGPT's random batches cannot be replayed)")
+        print(f"continue training with: gptforge train {out / 'config.toml'} (its init_from is resume; the data "
+              "order restarts with a fresh permutation: nanoGPT's random batches cannot be replayed)")
     return out
