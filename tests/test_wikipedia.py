@@ -227,3 +227,33 @@ def test_real_enwiki_fragment(shared_data):
             assert markup not in doc, (doc.split("\n", 1)[0], markup)
         assert not re.search(r"^(?:\||\{\||!)", doc, re.M), doc.split("\n", 1)[0]
     assert sum(len(d) for d in docs) > 2_500_000  # the prose is there, not just titles
+
+
+def _dump_part(xml: bytes, first: int, last: int) -> bytes:
+    """Pages first..last-1 of a many_pages_dump, as a dump of their own (what articles1, articles2 are)."""
+    pages = re.findall(rb"<page>.*?</page>", xml, re.S)[first:last]
+    return b"<mediawiki>\n" + b"\n".join(pages) + b"\n</mediawiki>\n"
+
+
+def test_prepare_appends_dump_parts_and_a_damaged_part_adds_nothing(tmp_path):
+    from helpers_data import tree_digest
+
+    from gptforge.prepare import prepare
+
+    xml = many_pages_dump(200)
+    part1, part2, part3 = (tmp_path / f"wiki-articles{i}.xml.bz2" for i in (1, 2, 3))
+    part1.write_bytes(bz2.compress(_dump_part(xml, 0, 100)))
+    part2.write_bytes(bz2.compress(_dump_part(xml, 100, 200)))
+    out = tmp_path / "data"
+    prepare([str(part1)], out, tokenizer="char", val_fraction=0.1, split="tail")
+    manifest = prepare([str(part2)], out, tokenizer="char", val_fraction=0.1, split="tail")
+    assert [(Path(s["path"]).name, s["documents"]) for s in manifest["sources"]] == [
+        (part1.name, 80), (part2.name, 80)]
+    assert manifest["sources"][1]["skipped"] == {"redirects_skipped": 20}
+
+    before = tree_digest(out)
+    data = bz2.compress(_dump_part(xml, 0, 200), compresslevel=1)
+    part3.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match=re.escape(part3.name) + r": the bzip2 data is truncated"):
+        prepare([str(part3)], out, tokenizer="char", val_fraction=0.1, split="tail")
+    assert tree_digest(out) == before

@@ -109,17 +109,24 @@ class WikipediaSource(Source):
         One batch is held back until the next has been read cleanly (see the module doc).
         """
         names = None
-        pending = b""
+        parts: list[bytes] = []  # read but not yet batched (joined only when a batch is due)
+        size = 0
         held = None
         chunks = self._xml_chunks(parallel=True)
         try:
             for chunk in chunks:
-                pending += chunk
+                parts.append(chunk)
+                size += len(chunk)
                 if names is None:
-                    start = pending.find(b"<page>")
-                    if start < 0 and len(pending) < HEAD_BYTES and b"</mediawiki>" not in pending:
+                    head = b"".join(parts)
+                    parts = [head]
+                    start = head.find(b"<page>")
+                    if start < 0 and size < HEAD_BYTES and b"</mediawiki>" not in head:
                         continue
-                    names = _names_from_header(pending[: start if start >= 0 else len(pending)])
+                    names = _names_from_header(head[: start if start >= 0 else size])
+                if size < BATCH_BYTES:
+                    continue
+                pending = b"".join(parts)
                 while len(pending) >= BATCH_BYTES:
                     cut = pending.rfind(_PAGE_END, 0, BATCH_BYTES)
                     if cut < 0:
@@ -130,7 +137,9 @@ class WikipediaSource(Source):
                     if held is not None:
                         yield self._count(held), names
                     held, pending = pending[:cut], pending[cut:]
+                parts, size = [pending], len(pending)
         except DamagedDump as e:
+            pending = b"".join(parts)
             if e.trusted:  # everything decompressed so far is sound: keep its whole pages
                 if held is not None:
                     yield self._count(held), names
@@ -138,6 +147,7 @@ class WikipediaSource(Source):
             raise
         finally:
             chunks.close()
+        pending = b"".join(parts)
         if names is None:
             names = _names_from_header(pending)
         if held is not None:
