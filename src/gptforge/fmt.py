@@ -1,0 +1,35 @@
+"""Number formats shared by the run reports (plan, diagnose, plot)."""
+
+from __future__ import annotations
+
+GIB = 1024**3
+
+
+def count(n: float) -> str:
+    """124475904 -> '124.5M', 7.6e9 -> '7.60B'."""
+    n = float(n)
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if abs(n) >= div:
+            value = n / div
+            return f"{value:.2f}{unit}" if value < 10 else f"{value:.1f}{unit}"
+    return f"{n:.0f}"
+
+
+def gib(nbytes: float) -> str:
+    if nbytes < 0.1 * GIB:
+        return f"{nbytes / 2**20:.1f} MiB"
+    return f"{nbytes / GIB:.2f} GiB"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a (peak FLOP/s unknown)"
+    if seconds < 1:
+        return "under 1 s"
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 3 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
