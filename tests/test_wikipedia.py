@@ -104,6 +104,14 @@ def test_dump_without_siteinfo_or_ns_elements(tmp_path):
     assert read(path) == ([ALPHA, STAR], SMALL_COUNTS)
 
 
+def test_xml_character_references(tmp_path):
+    path = tmp_path / "refs.xml"
+    path.write_text("<mediawiki><page><title>A &#38; B</title><ns>0</ns><revision><text>&#169; 2020 &#x263A; "
+                    "&amp;#169; &amp;amp;lt; &#0;&#xD800;</text></revision></page></mediawiki>", encoding="utf-8")
+    # XML references decode once; what they spell is wikitext, whose own entities decode once more
+    assert read(path)[0] == ["A & B\n\n© 2020 ☺ © &lt; \ufffd\ufffd"]
+
+
 def test_localized_dump_drops_its_own_file_and_category_links(tmp_path):
     xml = (WIKI / "small.xml").read_text(encoding="utf-8")
     xml = xml.replace(">File<", ">Berkas<").replace(">Category<", ">Kategori<")

@@ -90,5 +90,9 @@ def test_media_file_link_dropped_whatever_its_namespace_is_called():
     assert clean("Text.[[Fitxer:Mapa.svg|miniatura|Mapa]] End.") == "Text. End."
 
 
+def test_nul_characters_are_dropped():
+    assert clean("a\x00b\n== H ==\nx") == "ab\nH\nx"
+
+
 def test_an_article_of_only_markup_cleans_to_nothing():
     assert clean("{{Short description|x}}\n{{stub}}\n[[Category:Stubs]]\n__NOTOC__") == ""

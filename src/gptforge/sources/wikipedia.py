@@ -354,7 +354,7 @@ def _xml_unescape(s: str) -> str:
 
 def _char(m: re.Match) -> str:
     code = int(m.group(1), 16) if m.group(1) else int(m.group(2))
-    return chr(code) if code < 0x110000 and not 0xD800 <= code < 0xE000 else "\ufffd"
+    return chr(code) if 0 < code < 0x110000 and not 0xD800 <= code < 0xE000 else "\ufffd"
 
 
 _NAMESPACE = re.compile(rb'<namespace key="(-?\d+)"[^>]*?(?:/>|>([^<]*)</namespace>)')

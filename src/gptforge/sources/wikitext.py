@@ -106,6 +106,8 @@ _HEADING_MARK = "\x00"  # marks heading lines so the headings of empty closing s
 def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
     """Clean prose from one article's wikitext (already XML-unescaped). May return ''."""
     text = "\n" + text + "\n"
+    if _HEADING_MARK in text:  # never in real wikitext (XML forbids it), but it is our marker
+        text = text.replace(_HEADING_MARK, "")
     if "<" in text:
         if "<!--" in text:
             text = _COMMENT.sub("", text)
