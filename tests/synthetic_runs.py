@@ -1,0 +1,127 @@
+"""Run directories with synthetic metrics.jsonl files shaped like the trainer's, one per classic case
+(healthy, data-limited plateau, overfitting, LR too high, divergence), for the diagnose and plot tests."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+from gptforge.config import build_config, to_toml
+from gptforge.optim import lr_multiplier
+from gptforge.plan import param_counts
+
+
+def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, val, eval_noise: float = 0.003,
+              log_noise: float = 0.02, spikes: dict | None = None, nan_from: int | None = None, stop_at: int | None = None,
+              end_reason: str | None = "max_iters", tok_per_s: float = 1e5, mfu: float | None = None,
+              seed: int = 0) -> Path:
+    """Events as gptforge train writes them; train(step)/val(step) give the noiseless curves, `spikes`
+    maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops."""
+    rng = random.Random(seed)
+    cfg = build_config(config)
+    m, tc = cfg.model, cfg.train
+    params = param_counts(m, m.vocab_size)
+    tokens_per_iter = tc.batch_size * tc.gradient_accumulation_steps * m.block_size
+    max_iters = tc.max_iters
+    stop_at = stop_at if stop_at is not None else max_iters
+    events = [dict(event="start", step=0, time=0.0, config=cfg.flat(), params=params.total,
+                   params_non_embedding=params.non_embedding, tokens_per_iter=tokens_per_iter, max_iters=max_iters,
+                   planned_tokens=max_iters * tokens_per_iter, tokens_per_param=max_iters * tokens_per_iter / params.total,
+                   dataset_train_tokens=dataset_train_tokens, dataset_val_tokens=dataset_train_tokens // 100,
+                   dataset_version=1, planned_epochs=max_iters * tokens_per_iter / dataset_train_tokens,
+                   device="cuda" if mfu else "cpu", device_name="NVIDIA H100 80GB HBM3" if mfu else "CPU",
+                   world_size=1, peak_flops=989e12 if mfu else None, flops_per_token=1.0, resumed_from=None)]
+    consecutive = 0
+    for step in range(0, stop_at + 1):
+        tokens = step * tokens_per_iter
+        epoch = tokens / dataset_train_tokens
+        if step % tc.eval_interval == 0 or step == max_iters:
+            events.append(dict(event="eval", step=step, time=step * 0.1, tokens=tokens, epoch=epoch,
+                               train_loss=train(step) + rng.gauss(0, eval_noise),
+                               val_loss=val(step) + rng.gauss(0, eval_noise), val_ppl=math.exp(min(val(step), 700)),
+                               eval_batches=tc.eval_iters, seconds=1.0))
+            if step and step < max_iters:
+                events.append(dict(event="checkpoint", step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
+        if step == stop_at:
+            break
+        done = step + 1
+        loss = train(step) + rng.gauss(0, log_noise) + (spikes or {}).get(step, 0.0)
+        if nan_from is not None and step >= nan_from:
+            consecutive += 1
+            events.append(dict(event="nan_skip", step=step, time=step * 0.1, count=consecutive, consecutive=consecutive))
+            continue
+        if spikes and step in spikes:
+            events.append(dict(event="spike", step=step, time=step * 0.1, loss=loss, mean=train(step), std=log_noise))
+        if done % tc.log_interval == 0:
+            lr = cfg.optim.learning_rate * lr_multiplier(step, cfg.optim, max_iters)
+            speed = tok_per_s * (1 + rng.gauss(0, 0.02))
+            events.append(dict(event="log", step=done, time=done * 0.1, tokens=done * tokens_per_iter,
+                               epoch=done * tokens_per_iter / dataset_train_tokens, loss=loss, lr=lr,
+                               dt_ms=tokens_per_iter / speed * 1000, tok_per_s=speed, mfu=mfu, grad_norm=0.5))
+    if end_reason:
+        events.append(dict(event="end", step=stop_at, time=stop_at * 0.1, reason=end_reason))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    return run_dir
+
+
+GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=50257)
+SMALL_40M = dict(n_layer=4, n_head=8, n_embd=512, block_size=1024, vocab_size=50257)  # 38.9M parameters
+
+
+def healthy(run_dir: Path) -> Path:
+    """GPT-2 124M, 5,000 iterations of 491,520 tokens on a 10B-token dataset, loss still falling."""
+    cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=5000, warmup_iters=200,
+               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=6e-4, min_lr=6e-5)
+    curve = lambda s: 3.0 + 4.0 / math.sqrt(1 + s / 200)  # noqa: E731
+    return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=curve, val=lambda s: curve(s) + 0.02,
+                     mfu=0.41, tok_per_s=480_000)
+
+
+def data_limited(run_dir: Path) -> Path:
+    """The case seen in the wild: ~40M parameters, 524,288 tokens/iter, 14,500 iterations (7.6B tokens) on
+    one parquet shard of 300M tokens; train and val within 0.1 around 3.6-3.7, barely moving."""
+    cfg = dict(SMALL_40M, batch_size=16, gradient_accumulation_steps=32, max_iters=14500, warmup_iters=700,
+               eval_interval=500, eval_iters=200, log_interval=50, learning_rate=6e-4, min_lr=6e-5)
+    curve = lambda s: 3.62 + 7.0 * math.exp(-s / 300) + 0.02 * (1 - s / 14500)  # noqa: E731
+    return write_run(run_dir, cfg, dataset_train_tokens=300_000_000, train=curve, val=lambda s: curve(s) + 0.04,
+                     tok_per_s=900_000, mfu=0.38)
+
+
+def overfitting(run_dir: Path) -> Path:
+    """nanoGPT's shakespeare-char recipe: val bottoms out near step 1500, then rises while train falls."""
+    cfg = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, batch_size=64,
+               max_iters=5000, warmup_iters=100, eval_interval=250, eval_iters=200, log_interval=10,
+               learning_rate=1e-3, min_lr=1e-4)
+    train = lambda s: 0.95 + 3.2 * math.exp(-s / 300) - 0.04 * s / 1000  # noqa: E731
+    val = lambda s: 1.40 + 2.8 * math.exp(-s / 300) + 6e-5 * max(0, s - 1500)  # noqa: E731
+    return write_run(run_dir, cfg, dataset_train_tokens=1_003_854, train=train, val=val, log_noise=0.03)
+
+
+def lr_too_high(run_dir: Path) -> Path:
+    """LR 6e-3: the loss swings, spikes after warmup and climbs back up mid-run."""
+    cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=3000, warmup_iters=100,
+               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=6e-3, min_lr=6e-4)
+
+    def train(s):
+        climb = 0.5 * min(1.0, max(0.0, (s - 1500) / 700))  # +0.5 between steps 1500 and 2200
+        return 4.0 + 3.0 * math.exp(-s / 200) + 0.3 * math.sin(s / 37) + climb
+
+    spikes = {s: 2.0 for s in (400, 800, 1300, 1700, 2100, 2500)}
+    return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=train, val=lambda s: train(s) + 0.03,
+                     spikes=spikes, log_noise=0.15)
+
+
+def diverged(run_dir: Path) -> Path:
+    """Falls to ~3.5 by step 800, blows up to ~9 by step 1200, then five NaN losses in a row stop it."""
+    cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=2000, warmup_iters=100,
+               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=3e-3, min_lr=3e-4)
+
+    def train(s):
+        return 3.5 + 4.0 * math.exp(-s / 150) + (0.0 if s < 800 else 5.5 * ((s - 800) / 400) ** 2)
+
+    return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=train, val=lambda s: train(s) + 0.03,
+                     nan_from=1200, stop_at=1205, end_reason="nan")
