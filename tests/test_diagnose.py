@@ -150,3 +150,15 @@ def test_a_short_real_run(tmp_path, char_data):
     assert (run_dir / "diagnosis.md").stat().st_size > 500
     assert (run_dir / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert analyse(run, run.config).kinds() == d.kinds()  # the config.toml and the start event agree
+
+
+def test_a_run_stopped_early_has_an_unfinished_schedule(tmp_path):
+    cfg = dict(runs.GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=5000, warmup_iters=200,
+               eval_interval=250, eval_iters=200, log_interval=10)
+    curve = lambda s: 3.0 + 4.0 / (1 + s / 200) ** 0.5  # noqa: E731
+    run_dir = runs.write_run(tmp_path / "cut", cfg, dataset_train_tokens=10**10, train=curve, val=curve,
+                             stop_at=3000, end_reason=None)
+    d = diagnose_command(run_dir)
+    unfinished = d.finding("unfinished")
+    assert unfinished.evidence[0] == "still running or crashed (no end event) at step 3,000 of 5,000 (60%)"
+    assert d.facts["schedule"]["multiplier"] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2800 / 4800)))

@@ -4,7 +4,6 @@ import json
 import math
 
 import pytest
-import torch
 
 from gptforge.cli import main
 from gptforge.config import ModelConfig, build_config

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from gptforge import curves
 from gptforge.fmt import count
-from gptforge.runlog import RunLog, finite, read_run
+from gptforge.runlog import RunLog, finite
 
 MANY_EPOCHS = 4.0  # beyond ~4 passes repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)
 CHINCHILLA = 20.0
@@ -229,8 +229,10 @@ def _overfitting(f: dict, cfg: dict) -> Finding | None:
 
 def _plateau_evidence(f: dict) -> str:
     t = f["trend"]
+    why = ("within its noise" if abs(t.change) <= 2 * t.change_se else
+           f"under the {curves.PLATEAU_FLOOR * 100:.0f}% of the loss ({curves.PLATEAU_FLOOR * t.level:.3f}) that counts as progress")
     return (f"{f['curve']} loss {t.level:.4f}, changed {t.change:+.4f} (± {t.change_se:.4f}) over the last "
-            f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): flat against its noise")
+            f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): {why}")
 
 
 def _data_limited(f: dict, run: RunLog) -> Finding | None:

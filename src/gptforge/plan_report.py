@@ -54,7 +54,7 @@ def _data_block(plan: dict) -> list[str]:
         lines += ["data", f"  {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens; {cpt}",
                   f"  epochs planned        {epochs:.2f}" + _epoch_warning(epochs), ""]
     need = plan["download"]
-    src = "measured from the data" if need["measured"] else "assumed: no data given"
+    src = "measured from the data" if need["measured"] else ("assumed: the data does not say" if info else "assumed: no data given")
     lines += ["download sizing (the planned tokens, each seen once)",
               f"  raw text              {count(need['chars'])} characters at {need['chars_per_token']:.2f} chars/token ({src})",
               f"  FineWeb-Edu shards    {need['shards']:,} (about {count(FINEWEB_SHARD_CHARS)} characters each)",
