@@ -138,6 +138,9 @@ def test_cli_prints_the_true_count_of_a_config_claiming_125m(tmp_path, capsys):
     assert "tokens per iteration  524,288 = 16 batch x 32 accumulation x 1024 block" in out
     assert "planned tokens        7,602,176,000 (7.60B), 195.5 tokens per parameter" in out
     assert "RTX 4070 (12 GB)" in out
+    # both comments that claim 125M are called out with the true size
+    assert "note: line 1 of " in out and "note: line 4 of " in out
+    assert "claims 125M parameters; this config's model has 38.9M" in out
 
 
 def test_cli_reports_a_bad_gpu_in_one_line(capsys):

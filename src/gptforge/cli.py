@@ -60,9 +60,8 @@ def _plan(a):
     from gptforge.config import load_config
     from gptforge.plan import plan_command
 
-    extra = {}
-    plan_command(load_config(a.config, a.overrides, extra), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
-                 mfu=a.mfu, processes=a.processes)
+    plan_command(load_config(a.config, a.overrides), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
+                 mfu=a.mfu, processes=a.processes, config_path=a.config)
 
 
 def _plot(a):

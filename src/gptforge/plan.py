@@ -8,6 +8,7 @@ a batch/accumulation split that keeps the global batch when it does not fit), an
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,9 +281,28 @@ def _seconds(total_flops: float, gpu: Gpu, mfu: float, processes: int) -> float 
     return total_flops / (gpu.peak_flops * mfu * processes)
 
 
-def plan_command(cfg: Config, data=None, gpu=None, vocab_size=None, mfu=None, processes=1) -> dict:
+PARAM_CLAIM = re.compile(r"(\d+(?:\.\d+)?)\s*([MB])\b")
+
+
+def claimed_sizes(config_path: str | Path) -> list[tuple[int, float]]:
+    """(line, parameters) for each size a comment of the config file claims, e.g. '# the 125M model'."""
+    claims = []
+    for number, line in enumerate(Path(config_path).read_text(encoding="utf-8").splitlines(), start=1):
+        comment = line.partition("#")[2]
+        for value, unit in PARAM_CLAIM.findall(comment):
+            claims.append((number, float(value) * (1e6 if unit == "M" else 1e9)))
+    return claims
+
+
+def plan_command(cfg: Config, data=None, gpu=None, vocab_size=None, mfu=None, processes=1, config_path=None) -> dict:
     from gptforge.plan_report import render_plan
 
     plan = make_plan(cfg, data=data, gpu=gpu, vocab_size=vocab_size, mfu=mfu, processes=processes)
     print(render_plan(cfg, plan))
+    if config_path:
+        total = plan["total_params"]
+        for line, claimed in claimed_sizes(config_path):
+            if not 0.8 <= total / claimed <= 1.25:  # a comment is allowed rounding, not a 3x error
+                print(f"note: line {line} of {config_path} claims {claimed / 1e6:,.0f}M parameters; "
+                      f"this config's model has {total / 1e6:,.1f}M")
     return plan
