@@ -3,7 +3,9 @@
 The main process only reads: it decompresses (in parallel threads when indexed_bzip2 is
 installed), cuts the stream into batches of whole <page> elements and hands them to a pool of
 processes that parse and clean them (wikitext.clean). Results come back in dump order through a
-bounded window, so memory stays constant for a dump of any size.
+bounded window, so memory stays constant for a dump of any size. Workers start with forkserver
+(forking a process that runs threads is unsafe), so a script that reads a multi-batch dump must
+guard its entry point with `if __name__ == "__main__":`, as for any multiprocessing code.
 
 A truncated or corrupt dump is an error naming the file and how far it got. With keep_partial the
 articles before the damage are kept instead. The standard library's bz2 checks a block's CRC
