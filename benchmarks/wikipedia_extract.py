@@ -20,6 +20,7 @@ import bz2
 import json
 import os
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -78,6 +79,14 @@ def run_wikiextractor(exe: Path, dump: Path, processes: int, out_dir: Path) -> f
     return time.perf_counter() - start
 
 
+def cpu_seconds(cmd: list[str]) -> float:
+    """User + system CPU of a separate program and the children it waited for."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+
+
 def load(paths) -> dict[str, str]:
     """title -> text, first occurrence (the built dump repeats its articles)."""
     docs: dict[str, str] = {}
@@ -112,7 +121,11 @@ def main() -> None:
     p.add_argument("--processes", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--runs", type=int, default=3, help="alternating timed runs of each; the best counts")
     p.add_argument("--venv", type=Path, default=Path(tempfile.gettempdir()) / "gptforge-bench-wikiextractor")
+    p.add_argument("--extract-only", nargs=2, type=Path, metavar=("DUMP", "OUT"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.extract_only:  # ours as a separate program, for the CPU-time figure
+        run_gptforge(args.extract_only[0], 1, args.extract_only[1])
+        return
 
     exe = ensure_wikiextractor(args.venv)
     with tempfile.TemporaryDirectory(prefix="wikibench-") as tmp:
@@ -127,6 +140,11 @@ def main() -> None:
             theirs_times.append(run_wikiextractor(exe, dump, args.processes, theirs_dir))
             print(f"run {run + 1}: gptforge {t:.2f} s, wikiextractor {theirs_times[-1]:.2f} s, "
                   f"ratio {theirs_times[-1] / t:.2f}x", flush=True)
+        # CPU seconds at one process each: a figure other work on a shared machine cannot skew
+        # (at one process ours never starts workers, so every CPU second is counted)
+        cpu_ours = cpu_seconds([sys.executable, __file__, "--extract-only", str(dump), str(tmp / "cpu.jsonl")])
+        cpu_theirs = cpu_seconds([str(exe), str(dump), "--processes", "1", "--html-safe", "", "--json", "-q",
+                                  "-o", str(tmp / "wikiextractor-cpu")])
         ours = load([ours_out])
         theirs = load(sorted(theirs_dir.rglob("wiki_*")))
         dump_mb = dump.stat().st_size / 1e6
@@ -139,6 +157,8 @@ def main() -> None:
     ratios = sorted(b / a for a, b in zip(ours_times, theirs_times))
     print(f"speed ratio (gptforge / wikiextractor): {best_theirs / best_ours:.2f}x best vs best, "
           f"{ratios[len(ratios) // 2]:.2f}x median of the paired runs (goal >= 1.5x)")
+    print(f"CPU time at --processes 1: gptforge {cpu_ours:.2f} s, wikiextractor {cpu_theirs:.2f} s: "
+          f"{cpu_theirs / cpu_ours:.2f}x less CPU per page")
     print(f"\narticles: gptforge {len(ours)}, wikiextractor {len(theirs)} (distinct titles)")
     lo, lt = leftovers(ours), leftovers(theirs)
     print(f"{'leftover markup':16s} {'gptforge':>9s} {'wikiextractor':>14s}")
