@@ -11,36 +11,28 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
-from gptforge.config import build_config
+from gptforge.checkpoint import latest_checkpoint
 from gptforge.errors import UserError
-from gptforge.fsutil import fsync_dir
+from gptforge.fsutil import building_dir
 from gptforge.hf import hf_config_from_model, hf_state_from_gptforge, load_hf_gpt2
 from gptforge.model import GPT
+from gptforge.sample import load_run
 from gptforge.tokenizer import EOT, gpt2_files, load_tokenizer
 
 
 def _load_run_model(run_dir: Path) -> tuple[GPT, Path]:
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/ with a COMPLETE marker)")
-    ckpt = load_checkpoint(path)
-    saved = ckpt["state"]["config"]
-    cfg = build_config({k: v for k, v in saved.items() if v is not None}, where=str(path / "state.json"))
-    if cfg.model.arch != "gpt2":
+    model, _, _ = load_run(run_dir, torch.device("cpu"))
+    if model.cfg.arch != "gpt2":
         raise UserError(
-            f"{run_dir}: arch={cfg.model.arch!r} cannot be exported to Hugging Face format: no standard transformers "
+            f"{run_dir}: arch={model.cfg.arch!r} cannot be exported to Hugging Face format: no standard transformers "
             "architecture computes the same function (rotary positions, QK-norm, ReLU², logit soft-cap, untied "
             "head); only arch='gpt2' runs export"
         )
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), path
+    return model, latest_checkpoint(run_dir)
 
 
 def _write_json(path: Path, doc: dict) -> None:
@@ -94,9 +86,7 @@ def export_command(run_dir, fmt: str = "hf", out: str | os.PathLike = "") -> Pat
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"--out {out} already exists and is not an empty directory; choose another or remove it")
     model, path = _load_run_model(run_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with building_dir(out) as tmp:
         eot_id, tokenizer_note = _write_tokenizer(run_dir, tmp, model.cfg.block_size)
         _write_json(tmp / "config.json", hf_config_from_model(model.cfg, eot_id))
         if eot_id is not None:
@@ -104,17 +94,6 @@ def export_command(run_dir, fmt: str = "hf", out: str | os.PathLike = "") -> Pat
         save_file(hf_state_from_gptforge(model.state_dict(), model.cfg), str(tmp / "model.safetensors"),
                   metadata={"format": "pt"})
         _check_export(model, tmp)
-        for f in tmp.iterdir():
-            with open(f, "rb") as handle:
-                os.fsync(handle.fileno())
-        fsync_dir(tmp)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"exported {path} ({model.num_params():,} parameters) to {out} as a transformers GPT2LMHeadModel; "
           f"{tokenizer_note}")
     return out

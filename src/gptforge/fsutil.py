@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -58,3 +60,30 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
 def is_temporary(name: str) -> bool:
     """Names our writers use while a file is incomplete; every reader skips them."""
     return name.startswith(".") or name.endswith(".tmp")
+
+
+@contextmanager
+def building_dir(out: str | os.PathLike):
+    """Build a directory under a temporary name beside `out`; it appears as `out` only once complete.
+
+    `out` must be absent or empty. On any error the partial directory is removed and `out` is untouched.
+    """
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                with open(path, "rb") as handle:
+                    os.fsync(handle.fileno())
+            else:
+                fsync_dir(path)
+        fsync_dir(tmp)
+        if out.exists():
+            out.rmdir()  # empty: a non-empty one makes this fail rather than be replaced
+        os.rename(tmp, out)
+        fsync_dir(out.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -16,10 +16,7 @@ a fresh seeded permutation of the data.
 from __future__ import annotations
 
 import builtins
-import os
 import pickle
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -27,7 +24,7 @@ import torch
 from gptforge.checkpoint import save_checkpoint
 from gptforge.config import build_config, to_toml
 from gptforge.errors import UserError
-from gptforge.fsutil import atomic_write_text, fsync_dir
+from gptforge.fsutil import atomic_write_text, building_dir
 from gptforge.model import GPT
 
 GPT2_VOCAB = 50257
@@ -274,21 +271,12 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
              "imported_from": {"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step}}
     rng = {"cpu_rng": torch.Generator().manual_seed(tc.seed).get_state()}  # nanoGPT does not save its RNG
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with building_dir(out) as tmp:
         atomic_write_text(tmp / "config.toml", to_toml(cfg))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
         save_checkpoint(tmp, step, model_state=model.state_dict(), optimizer_state=optimizer_state,
                         extra_tensors=rng, state=state, keep_last=tc.keep_last, is_best=True)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(tmp, out)
-        fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"imported {ckpt_path} (iter {step}, {model.num_params():,} parameters, best val loss {best:.4f}) into "
           f"{out}; {moments}")
     if dataset is None:
