@@ -7,6 +7,7 @@ dataset exactly as valid as it was, and the next run redoes the unfinished work.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
@@ -262,6 +263,9 @@ def prepare(
     manifest = _check_out_dir(out)
     tok = _resolve_tokenizer(out, manifest, tokenizer)
     rule = _resolve_split(manifest, split, val_fraction)
+    options = options or SourceOptions()
+    if workers:
+        options = dataclasses.replace(options, workers=workers)
     sources = _new_sources(open_sources(specs, options), manifest)
     if not sources:
         print(f"nothing to add: every source is already in {out}")

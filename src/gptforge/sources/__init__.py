@@ -24,6 +24,7 @@ class SourceOptions:
     text_column: str = "text"  # parquet column / jsonl field holding the document text
     doc_separator: str | None = None  # split .txt files into documents on this string
     keep_partial: bool = False  # wikipedia: keep articles read before a corrupt part of a dump
+    workers: int | None = None  # processes a source may use for its own parsing (None: all cores)
 
 
 class Source:

@@ -56,7 +56,7 @@ class WikipediaSource(Source):
 
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
-        self.workers = getattr(options, "workers", None) or _cores()
+        self.workers = options.workers or _cores()
         # progress, kept apart from `counters` (which prepare reports as things skipped)
         self.xml_bytes_read = 0
         self.pages_read = 0
