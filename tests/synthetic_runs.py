@@ -1,5 +1,6 @@
 """Run directories with synthetic metrics.jsonl files shaped like the trainer's, one per classic case
-(healthy, data-limited plateau, overfitting, LR too high, divergence), for the diagnose and plot tests."""
+(healthy, data-limited plateau, overfitting, LR too high, divergence, a dataset grown mid-run), for the
+diagnose and plot tests."""
 
 from __future__ import annotations
 
@@ -16,9 +17,11 @@ from gptforge.plan import param_counts
 def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, val, eval_noise: float = 0.003,
               log_noise: float = 0.02, spikes: dict | None = None, nan_from: int | None = None, stop_at: int | None = None,
               end_reason: str | None = "max_iters", tok_per_s: float = 1e5, mfu: float | None = None,
-              seed: int = 0) -> Path:
+              seed: int = 0, grow: dict | None = None) -> Path:
     """Events as gptforge train writes them; train(step)/val(step) give the noiseless curves, `spikes`
-    maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops."""
+    maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops.
+    `grow` = {step, train_tokens, val_tokens}: the first launch ends at that step and a resume on the
+    grown dataset (version 2) continues, as `gptforge prepare part2` + `--init_from=resume` do."""
     rng = random.Random(seed)
     cfg = build_config(config)
     m, tc = cfg.model, cfg.train
@@ -44,6 +47,12 @@ def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, 
                                eval_batches=tc.eval_iters, seconds=1.0))
             if step and step < max_iters:
                 events.append(dict(event="checkpoint", step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
+        if grow and step == grow["step"]:
+            events.append(dict(event="end", step=step, time=step * 0.1, reason="max_iters"))
+            events.append(dict(events[0], step=step, time=1.0, dataset_train_tokens=grow["train_tokens"],
+                               dataset_val_tokens=grow["val_tokens"], dataset_version=2, resumed_from=step))
+            events.append(dict(event="data_grew", step=step, time=1.0, old_train_tokens=dataset_train_tokens,
+                               new_train_tokens=grow["train_tokens"], version=2))
         if step == stop_at:
             break
         done = step + 1
@@ -125,3 +134,17 @@ def diverged(run_dir: Path) -> Path:
 
     return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=train, val=lambda s: train(s) + 0.03,
                      nan_from=1200, stop_at=1205, end_reason="nan")
+
+
+def grown(run_dir: Path, after: str) -> Path:
+    """The ~40M model of data_limited on its 300M-token shard: plateaued by step 6,000 (10 epochs), the data
+    grows tenfold at step 8,000 (with a resume), then the val loss falls 0.2 ("helped") or stays ("flat")."""
+    cfg = dict(SMALL_40M, batch_size=16, gradient_accumulation_steps=32, max_iters=14000, warmup_iters=700,
+               eval_interval=500, eval_iters=200, log_interval=50, learning_rate=6e-4, min_lr=6e-4, schedule="constant")
+
+    def curve(s):
+        fresh = 0.2 * (1 - math.exp(-(s - 8000) / 1500)) if after == "helped" and s > 8000 else 0.0
+        return 3.65 + 7.0 * math.exp(-s / 300) - fresh
+
+    return write_run(run_dir, cfg, dataset_train_tokens=300_000_000, train=curve, val=lambda s: curve(s) + 0.04,
+                     tok_per_s=900_000, mfu=0.38, grow=dict(step=8000, train_tokens=3_000_000_000, val_tokens=30_000_000))

@@ -162,3 +162,55 @@ def test_a_run_stopped_early_has_an_unfinished_schedule(tmp_path):
     unfinished = d.finding("unfinished")
     assert unfinished.evidence[0] == "still running or crashed (no end event) at step 3,000 of 5,000 (60%)"
     assert d.facts["schedule"]["multiplier"] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 2800 / 4800)))
+
+
+def test_grown_dataset_that_helped(tmp_path, capsys):
+    run_dir = runs.grown(tmp_path / "helped", after="helped")
+    d = diagnose_command(run_dir)
+    f = d.facts
+    v1, v2 = f["versions"]
+    assert (v1.version, v1.train_tokens, v1.val_tokens, v1.start_step, v1.end_step) == (1, 300_000_000, 3_000_000, 0, 8000)
+    assert (v2.version, v2.train_tokens, v2.val_tokens, v2.start_step, v2.end_step) == (2, 3 * 10**9, 3 * 10**7, 8000, 14000)
+    assert v1.tokens == 8000 * 524_288 and v1.epochs == pytest.approx(8000 * 524_288 / 300e6)  # 13.98 epochs
+    assert v2.tokens == 6000 * 524_288 and v2.epochs == pytest.approx(6000 * 524_288 / 3e9)  # 1.05 epochs
+    assert f["epochs"] == pytest.approx(14000 * 524_288 / 3e9)  # over the current dataset, not the loader's count
+    (g,) = f["growths"]
+    assert g.step == 8000 and g.tokens == 8000 * 524_288 and g.verdict == "helped" and g.val_set_changed
+    assert g.trend_before.status == "plateau" and g.change == pytest.approx(-0.2 * (1 - math.exp(-4)), abs=0.01)
+    top = d.finding("data_grew")
+    assert top.title == f"Adding data helped: val fell {-g.change:.2f} after the data grew at step 8,000"
+    assert "13.98 epochs before it grew" in top.evidence[1] and top.advice[0].startswith("more data helps this model")
+    assert "data_limited" not in d.kinds() and f["trend"].start > 8000  # the window stays on the new val set
+    report = (run_dir / "diagnosis.md").read_text()
+    assert "| 1 | 300,000,000 | 3,000,000 | 0-8,000 | 4,194,304,000 | 13.98 |" in report
+    assert "| 2 | 3,000,000,000 | 30,000,000 | 8,000-14,000 | 3,145,728,000 | 1.05 |" in report
+    assert "- The data grew at step 8,000 (4,194,304,000 tokens seen): 300,000,000 -> 3,000,000,000 train tokens" in report
+    assert "Adding data helped" in capsys.readouterr().out
+
+
+def test_grown_dataset_that_changed_nothing_says_capacity(tmp_path):
+    d = diagnose_command(runs.grown(tmp_path / "flat", after="flat"))
+    (g,) = d.facts["growths"]
+    assert g.verdict == "no_change" and abs(g.change) < 0.01
+    finding = d.finding("data_grew")
+    assert finding.title == "No change after adding data at step 8,000: the model looks capacity-limited"
+    assert "a larger one" in finding.advice[0]
+    assert d.kinds()[0] == "plateau" and "data_limited" not in d.kinds()
+
+
+def test_fold_keeps_the_last_resume_from_a_step_and_one_growth_event():
+    lines = [json.dumps(e) for e in [
+        {"event": "start", "step": 0, "resumed_from": None, "dataset_version": 1, "dataset_train_tokens": 100},
+        {"event": "log", "step": 10, "tokens": 640, "loss": 5.0},
+        {"event": "start", "step": 10, "resumed_from": 10, "dataset_version": 2, "dataset_train_tokens": 300},
+        {"event": "data_grew", "step": 10, "old_train_tokens": 100, "new_train_tokens": 300, "version": 2},
+        {"event": "log", "step": 20, "tokens": 1280, "loss": 4.0},
+        {"event": "start", "step": 10, "resumed_from": 10, "dataset_version": 2, "dataset_train_tokens": 300,
+         "tokens_per_iter": 32},
+        {"event": "data_grew", "step": 10, "old_train_tokens": 100, "new_train_tokens": 300, "version": 2},
+        {"event": "log", "step": 15, "tokens": 800, "loss": 4.5},
+    ]]
+    run = fold(parse_events(lines)[0], None)
+    assert [s["step"] for s in run.starts] == [0, 10] and run.starts[1]["tokens_per_iter"] == 32
+    assert len(run.data_grew) == 1 and [e["step"] for e in run.logs] == [10, 15]
+    assert run.tokens_at(12) == 640 + 2 * 32 and run.tokens_at(15) == 800

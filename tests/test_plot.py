@@ -59,3 +59,13 @@ def test_errors(tmp_path, capsys):
     (empty / "metrics.jsonl").write_text('{"event": "start", "step": 0, "resumed_from": null}\n')
     with pytest.raises(UserError, match="logged no loss yet"):
         plot_command([empty], tmp_path / "e.png")
+
+
+def test_growth_points_are_marked_on_both_loss_axes(tmp_path):
+    run = read_run(runs.grown(tmp_path / "g", after="helped"))
+    fig = draw([run])
+    ax_step, ax_tok = fig.axes[:2]
+    for ax, x in ((ax_step, 8000), (ax_tok, 8000 * 524_288)):
+        marks = [line for line in ax.get_lines() if line.get_label() == "data grew"]
+        assert len(marks) == 1 and list(marks[0].get_xdata()) == [x, x]
+        assert [t.get_text() for t in ax.texts] == [" v2: 300.0M -> 3.00B train tokens"]

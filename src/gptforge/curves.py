@@ -62,9 +62,12 @@ class Trend:
     points: int
 
 
-def trend(points: list[tuple[float, float]], fraction: float = RECENT_FRACTION) -> Trend:
-    """Is the curve still falling over its recent window, flat, or rising, compared with its noise?"""
+def trend(points: list[tuple[float, float]], fraction: float = RECENT_FRACTION, since: float | None = None) -> Trend:
+    """Is the curve still falling over its recent window, flat, or rising, compared with its noise?
+    With `since` the window starts after that x (e.g. where the data grew and the val set changed)."""
     window = recent(points, fraction)
+    if since is not None:
+        window = [p for p in window if p[0] > since]
     fit = fit_line([p[0] for p in window], [p[1] for p in window]) if len(window) >= 3 else None
     if fit is None:
         last = points[-1] if points else (0.0, math.nan)

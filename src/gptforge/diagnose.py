@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptforge import curves
+from gptforge.diagnose_growth import finding_parts, growths, version_spans
 from gptforge.fmt import count
 from gptforge.runlog import RunLog, finite
 
@@ -79,11 +80,14 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
         config.get("batch_size", 0) * config.get("gradient_accumulation_steps", 0) * config.get("block_size", 0))
     tokens_seen = max([e.get("tokens", 0) for e in logs + evals if finite(e.get("tokens"))] or [last_step * tokens_per_iter])
     data_tokens = dataset_train_tokens or start.get("dataset_train_tokens")
+    spans = version_spans(run, last_step, tokens_seen)
     epochs = next((e["epoch"] for e in reversed(logs + evals) if finite(e.get("epoch")) and e["step"] == last_step), None)
-    if epochs is None and data_tokens:
-        epochs = tokens_seen / data_tokens
+    if (epochs is None or len(spans) > 1) and data_tokens:
+        epochs = tokens_seen / data_tokens  # the loader's count restarts its epoch when the data grows
     if dataset_train_tokens and start.get("dataset_train_tokens") not in (None, dataset_train_tokens):
         epochs = tokens_seen / dataset_train_tokens  # --data names a different (grown) dataset: count against it
+    # comparisons on the val curve stay after the last change of dataset (the val split may have changed)
+    since = spans[-1].start_step if len(spans) > 1 else None
     params = start.get("params")
     max_iters = start.get("max_iters") or config.get("max_iters") or last_step
     train_pts, val_pts = _points(logs, "loss"), _points(evals, "val_loss")
@@ -98,6 +102,7 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
         "max_nan_skips": config.get("max_nan_skips", 5), "evals": len(val_pts), "skipped_lines": run.skipped_lines,
         "device": start.get("device"), "device_name": start.get("device_name"), "world_size": start.get("world_size", 1),
     }
+    facts["versions"], facts["growths"], facts["since"] = spans, growths(run, spans), since
     facts["train_now"] = eval_train_pts[-1][1] if eval_train_pts else (
         curves.smooth([p[1] for p in train_pts], curves.smoothing_span(len(train_pts)))[-1] if train_pts else None)
     facts["val_now"] = val_pts[-1][1] if val_pts else None
@@ -105,19 +110,23 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
     facts["first_loss"] = first
     facts["gap"] = facts["val_now"] - facts["train_now"] if val_pts and eval_train_pts else None
     facts["ppl"] = math.exp(facts["val_now"]) if val_pts and facts["val_now"] < 700 else None
+    same_val = [p for p in val_pts if since is None or p[0] > since] or val_pts
     if val_pts:
-        i = min(range(len(val_pts)), key=lambda k: val_pts[k][1])
-        facts["val_min"], facts["val_min_step"] = val_pts[i][1], int(val_pts[i][0])
-        facts["train_at_val_min"] = next((y for x, y in eval_train_pts if x == val_pts[i][0]), None)
-    gaps = [(x, v - t) for (x, v), (x2, t) in zip(val_pts, eval_train_pts) if x == x2]
+        i = min(range(len(same_val)), key=lambda k: same_val[k][1])
+        facts["val_min"], facts["val_min_step"] = same_val[i][1], int(same_val[i][0])
+        facts["train_at_val_min"] = next((y for x, y in eval_train_pts if x == same_val[i][0]), None)
+    gaps = [(x, v - t) for (x, v), (x2, t) in zip(val_pts, eval_train_pts) if x == x2 and (since is None or x > since)]
     facts["gap_trend"] = curves.trend(gaps) if len(gaps) >= 3 else None
     # the curve whose plateau matters: val (what generalises), else the logged train loss
     facts["curve"] = "val" if len(val_pts) >= curves.MIN_POINTS else "train"
-    facts["trend"] = curves.trend(val_pts if facts["curve"] == "val" else train_pts)
-    facts["train_trend"] = curves.trend(train_pts) if len(train_pts) >= 3 else None
+    facts["trend"] = curves.trend(val_pts if facts["curve"] == "val" else train_pts, since=since)
+    facts["train_trend"] = curves.trend(train_pts, since=since) if len(train_pts) >= 3 else None
     warmup = config.get("warmup_iters", 0)
     after_warmup = [p for p in train_pts if p[0] > warmup]
-    facts["rebound"] = curves.worst_rebound(after_warmup)
+    # a jump where new data came in is not instability: look for climbs within each dataset version
+    pieces = [[p for p in after_warmup if s.start_step < p[0] <= s.end_step] for s in spans] if since else [after_warmup]
+    rebounds = [r for r in map(curves.worst_rebound, pieces) if r is not None]
+    facts["rebound"] = max(rebounds, key=lambda r: r.rise) if rebounds else None
     facts["oscillation"] = curves.oscillation(after_warmup)
     facts["spikes_after_warmup"] = sum(1 for e in run.spikes if e["step"] >= warmup)
     facts["first_nan_step"] = run.nan_skips[0]["step"] if run.nan_skips else None
@@ -412,6 +421,7 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
     if findings[1] is None:
         findings += [_data_limited(f, run), _plateau(f)]
     findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f), *_throughput(f), _eval_noise(f, config)]
+    findings += [Finding("data_grew", *finding_parts(g)) for g in f["growths"]]
     found = [x for x in findings if x is not None]
     if run.spikes and not any(x.kind in ("lr_too_high", "diverged") for x in found):
         found.append(_spikes(f, run))

@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from gptforge.diagnose import Diagnosis, analyse
+from gptforge.diagnose_growth import describe_growth, describe_span
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_text
@@ -58,7 +59,13 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
             ("tokens seen", f"{f['tokens_seen']:,} ({count(f['tokens_seen'])}), {f['tokens_per_iter']:,} per iteration")]
     if f["dataset_train_tokens"]:
         rows.append(("dataset", f"{f['dataset_train_tokens']:,} train tokens ({count(f['dataset_train_tokens'])})"))
-    rows.append(("epochs", _fmt(f["epochs"], ".2f")))
+    versions = f["versions"]
+    if len(versions) > 1:
+        rows.append(("epochs", f"{_fmt(f['epochs'], '.2f')} over the current dataset (tokens seen / its train tokens)"))
+        rows += [(f"dataset version {v.version}", describe_span(v)) for v in versions]
+        rows += [("data grew", describe_growth(g)) for g in f["growths"]]
+    else:
+        rows.append(("epochs", _fmt(f["epochs"], ".2f")))
     if f["params"]:
         rows.append(("parameters", f"{f['params']:,} ({count(f['params'])}); {f['params_non_embedding'] or 0:,} non-embedding"))
         rows.append(("tokens per parameter", f"{f['tokens_per_param']:.1f} (Chinchilla-optimal: 20)"))
@@ -95,11 +102,28 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     return rows
 
 
+def _versions_section(d: Diagnosis) -> list[str]:
+    """A table of the dataset versions the run trained on, when it trained on more than one."""
+    versions, growths = d.facts["versions"], d.facts["growths"]
+    if len(versions) < 2:
+        return []
+    lines = ["", "## Dataset versions", "",
+             "Epochs are counted per version: tokens trained while it was the dataset / its train tokens.", "",
+             "| version | train tokens | val tokens | steps | tokens trained | epochs over it |", "|---|---|---|---|---|---|"]
+    for v in versions:
+        lines.append(f"| {v.version} | {_fmt(v.train_tokens, ',')} | {_fmt(v.val_tokens, ',')} | "
+                     f"{v.start_step:,}-{v.end_step:,} | {v.tokens:,} | {_fmt(v.epochs, '.2f')} |")
+    if growths:
+        lines += [""] + [f"- The data grew {describe_growth(g)}." for g in growths]
+    return lines
+
+
 def render_markdown(run_dir: Path, d: Diagnosis, plot_name: str | None, notes: list[str]) -> str:
     lines = [f"# Diagnosis of `{run_dir}`", "",
              f"Written by `gptforge diagnose` on {time.strftime('%Y-%m-%d %H:%M')} from metrics.jsonl and config.toml.",
              "", "## Summary", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(d)]
+    lines += _versions_section(d)
     lines += ["", "## Findings", ""]
     if not d.findings:
         lines.append("Nothing stands out (too few records to judge?).")

@@ -71,6 +71,13 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
                 ax.plot(vx, vy, color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.4,
                         label=f"{prefix}val")
             all_losses += ys + vy
+            for j, e in enumerate(run.data_grew):  # where a resume took in new shards
+                at = e["step"] if x == "step" else run.tokens_at(e["step"])
+                ax.axvline(at, color=color, alpha=0.7, linewidth=1.2, linestyle="-.",
+                           label=f"{prefix}data grew" if j == 0 else None)
+                ax.annotate(f" v{e.get('version')}: {count(e['old_train_tokens'])} -> {count(e['new_train_tokens'])} "
+                            "train tokens", (at, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                            fontsize=7, color=color)
             if x == "step":  # where the trainer reported spikes (dotted) and skipped non-finite losses (red)
                 for e in run.spikes:
                     ax.axvline(e["step"], color=color, alpha=0.3, linewidth=0.8, linestyle=":")

@@ -1,8 +1,9 @@
 """Reading RUN_DIR/metrics.jsonl back: the events of a run, resumes folded in, for diagnose and plot.
 
 A resumed run appends a new "start" event whose resumed_from names the checkpoint's step; the records
-the first process wrote after that step were never part of the run that continued, so they are dropped.
-A crash can leave the last line half-written: it is skipped.
+the first process wrote after that step were never part of the run that continued, so they are dropped
+(and so is an earlier resume from the same step, which the new one replaces). A crash can leave the last
+line half-written: it is skipped.
 """
 
 from __future__ import annotations
@@ -47,6 +48,18 @@ class RunLog:
     def label(self) -> str:
         return self.run_dir.name or str(self.run_dir)
 
+    def start_at(self, step: int) -> dict:
+        """The start event in force at `step` (the last launch at or before it)."""
+        return next((s for s in reversed(self.starts) if s["step"] <= step), self.starts[0] if self.starts else {})
+
+    def tokens_at(self, step: int) -> int:
+        """Tokens trained by the end of `step`: the nearest logged count at or before it, plus the iterations
+        since at the tokens per iteration of the launch then in force (a resume may change the batch)."""
+        known = [(e["step"], e["tokens"]) for e in self.logs + self.evals if e["step"] <= step and finite(e.get("tokens"))]
+        base_step, base_tokens = max(known) if known else (0, 0)
+        per_iter = self.start_at(step).get("tokens_per_iter") or 0
+        return int(base_tokens + (step - base_step) * per_iter)
+
 
 _LISTS = {"log": "logs", "eval": "evals", "spike": "spikes", "nan_skip": "nan_skips", "checkpoint": "checkpoints",
           "data_grew": "data_grew", "end": "ends"}
@@ -83,10 +96,12 @@ def fold(events: list[dict], run_dir: Path) -> RunLog:
                 for name in _LISTS.values():
                     setattr(run, name, [e for e in getattr(run, name) if e["step"] <= resumed])
                 run.ends = []
+                # a resume from step s replaces launches that resumed from s or later
+                run.starts = [s for s in run.starts if s.get("resumed_from") is None or s["step"] < resumed]
             run.starts.append(event)
         elif kind in _LISTS:
             getattr(run, _LISTS[kind]).append(event)
-    for name in ("logs", "evals"):
+    for name in ("logs", "evals", "data_grew"):  # a second resume from the same checkpoint repeats data_grew
         by_step = {e["step"]: e for e in getattr(run, name)}
         setattr(run, name, [by_step[s] for s in sorted(by_step)])
     return run
