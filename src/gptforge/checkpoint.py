@@ -181,22 +181,27 @@ def latest_checkpoint(run_dir) -> Path | None:
     return None
 
 
-def _verify_checksums(path: Path) -> None:
+def _verify_checksums(path: Path, names=FILES) -> None:
     problem = check_marker(path)
     if problem:
         raise UserError(f"checkpoint {path} is not complete: {problem}")
     for name, info in _read_marker(path).items():
-        if _sha256(path / name) != info.get("sha256"):
+        if name in names and _sha256(path / name) != info.get("sha256"):
             raise UserError(f"checkpoint {path}: {name} does not match the checksum in {MARKER} (corrupt file)")
 
 
-def load_checkpoint(path) -> dict:
-    """dict(model=, optimizer=, tensors=, state=) after verifying every file's checksum."""
+def load_checkpoint(path, weights: bool = True) -> dict:
+    """dict(model=, optimizer=, tensors=, state=) after verifying every file's checksum.
+
+    weights=False reads only the small files (model and optimizer are None): what the ranks other than
+    0 need when rank 0 broadcasts the weights (FSDP)."""
     path = Path(path)
-    _verify_checksums(path)
+    _verify_checksums(path, FILES if weights else ("train_state.pt", "state.json"))
+    model = optimizer = None
     try:
-        model = load_file(str(path / "model.safetensors"))
-        optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        if weights:
+            model = load_file(str(path / "model.safetensors"))
+            optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         tensors = torch.load(path / "train_state.pt", map_location="cpu", weights_only=True)
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (SafetensorError, pickle.UnpicklingError, OSError, ValueError, RuntimeError) as e:

@@ -246,10 +246,23 @@ class ValBatches:
     def __len__(self) -> int:
         return len(self.batches)
 
-    def __iter__(self):
+    def _batch(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         T = self.block_size
-        for i, blocks in enumerate(self.batches):
-            if i % self.world_size != self.rank:
-                continue
-            data = torch.from_numpy(np.stack([self.stream.read(int(b) * T, T + 1) for b in blocks]))
-            yield data[:, :-1].contiguous(), data[:, 1:].contiguous()
+        data = torch.from_numpy(np.stack([self.stream.read(int(b) * T, T + 1) for b in self.batches[i]]))
+        return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    def __iter__(self):
+        for i in range(self.rank, len(self.batches), self.world_size):
+            yield self._batch(i)
+
+    def lockstep(self):
+        """(x, y, counted) with the same number of items on every rank: this rank's batches, then repeats
+        of batch 0 that must not be counted. Sharded models (FSDP) gather weights inside every forward,
+        so all ranks must run the same number of forwards or the last ones wait forever."""
+        rounds = -(-len(self.batches) // self.world_size)
+        for k in range(rounds):
+            i = self.rank + k * self.world_size
+            if i < len(self.batches):
+                yield (*self._batch(i), True)
+            else:
+                yield (*self._batch(0), False)

@@ -57,19 +57,24 @@ class LossGuard:
 
 
 class StopFlag:
-    """SIGTERM / SIGINT ask the loop to finish the current step, save, and exit; a second Ctrl-C aborts."""
+    """SIGTERM / SIGINT ask the loop to finish the current step, save, and exit; a second Ctrl-C aborts.
 
-    def __init__(self):
+    Under torchrun every rank gets the signal, not necessarily during the same step: the loop all-reduces
+    `requested` so all ranks stop after the same step. Only the rank that announces (rank 0) prints."""
+
+    def __init__(self, announce: bool = True):
         self.requested = False
         self.signal_name = ""
+        self.announce = announce
 
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
-        print(f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
-              "(Ctrl-C again to abort without saving)", flush=True)
+        if self.announce:
+            print(f"\n{self.signal_name} received: finishing this step, then saving a checkpoint "
+                  "(Ctrl-C again to abort without saving)", flush=True)
 
     @contextlib.contextmanager
     def installed(self):
