@@ -3,7 +3,7 @@
 Run as `python -m torch.distributed.run ... tests/dist_worker.py train --key=value ...`. Environment:
   GPTFORGE_TEST_FAULT="RANK:STEP:KIND[,RANK:STEP:KIND...]"  at optimizer step STEP on rank RANK, KIND is
       nan (that step's losses become NaN), overflow (x 1e30: fp16 gradients overflow),
-      raise (an exception), hang (sleep without joining the collectives; SIGTERM still ends it, as it
+      sigterm (this rank alone gets SIGTERM), raise (an exception), hang (sleep without joining the collectives; SIGTERM still ends it, as it
       would a process stuck in a kernel once torchrun escalates to SIGKILL)
   GPTFORGE_TEST_PARAMS=DIR  after training, every rank writes its parameters to DIR/rank{r}.pt
 """
@@ -53,6 +53,8 @@ def _inject_faults(spec: str, accum: int):
                     loss = loss * float("nan")
                 elif kind == "overflow":
                     loss = loss * 1e30
+                elif kind == "sigterm":
+                    os.kill(os.getpid(), signal.SIGTERM)
                 elif kind == "raise":
                     raise ValueError(f"injected fault on rank {rank}")
                 elif kind == "hang":

@@ -145,3 +145,33 @@ def test_grown_dataset_is_used_after_resume_and_logged(tmp_path):
     assert len(grew) == 1 and grew[0]["step"] == 4 and grew[0]["version"] == 2
     assert grew[0]["new_train_tokens"] > grew[0]["old_train_tokens"]
     assert events(run, "start")[-1]["dataset_version"] == 2
+
+
+def test_resume_of_a_checkpoint_without_data_position_starts_a_fresh_order(tmp_path, char_data, capsys):
+    """An imported nanoGPT run stores "loader": None: resuming it starts the data order afresh and says so."""
+    from gptforge.checkpoint import save_checkpoint
+    from gptforge.loader import TrainLoader, open_dataset
+
+    run = tmp_path / "run"
+    train(tiny_config(char_data, run, max_iters=2, **FIXED))
+    ck = load_checkpoint(latest_checkpoint(run))
+    save_checkpoint(run, 2, model_state=ck["model"], optimizer_state=ck["optimizer"], extra_tensors=ck["tensors"],
+                    state={**ck["state"], "loader": None}, keep_last=2, is_best=False)
+    capsys.readouterr()
+    train(tiny_config(char_data, run, max_iters=3, init_from="resume", **FIXED))
+    assert "holds no data position (imported from nanoGPT?): the data order starts a fresh permutation" in \
+        capsys.readouterr().out
+    fresh = TrainLoader(open_dataset(char_data), 4, 16, seed=7)
+    fresh.next_batch(), fresh.next_batch()  # the one step since the resume: 2 micro-batches from the start
+    assert load_checkpoint(latest_checkpoint(run))["state"]["loader"] == fresh.state_dict()
+
+
+def test_init_from_hugging_face_keeps_the_configured_dropout(tmp_path, char_data):
+    pytest.importorskip("transformers")
+    from test_hf import tiny_hf
+
+    _, hf_dir = tiny_hf(tmp_path)
+    run = tmp_path / "run"
+    train(tiny_config(char_data, run, max_iters=1, init_from=str(hf_dir), dropout=0.25, **FIXED))
+    stored = load_config(str(run / "config.toml")).model
+    assert (stored.dropout, stored.block_size, stored.n_head) == (0.25, 16, 4)  # dropout kept, context cropped

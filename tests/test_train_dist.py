@@ -168,20 +168,26 @@ def test_one_process_checkpoint_resumes_in_two_fsdp_processes_and_samples_in_one
     assert_losses_close(one_process, run, range(9, 13))
 
 
-def test_skip_decisions_agree_across_ranks(tmp_path, char_data):
-    """Faults on rank 1 only: fp16 overflow at step 2, a NaN loss at step 4. Both ranks skip both steps."""
+def test_skip_and_stop_decisions_agree_across_ranks(tmp_path, char_data):
+    """Faults on rank 1 only: fp16 overflow at step 2, a NaN loss at step 4, SIGTERM during step 5.
+    Both ranks skip both steps, then both stop after step 5 and save."""
     run, dump = tmp_path / "run", tmp_path / "params"
     dump.mkdir()
-    output = torchrun(char_data, run, max_iters=6, eval_interval=6, dtype="float16", spike_sigma=0,
-                      env={"GPTFORGE_TEST_PARAMS": str(dump), "GPTFORGE_TEST_FAULT": "1:2:overflow,1:4:nan"})
+    output = torchrun(char_data, run, max_iters=50, eval_interval=50, dtype="float16", spike_sigma=0,
+                      env={"GPTFORGE_TEST_PARAMS": str(dump), "GPTFORGE_TEST_FAULT": "1:2:overflow,1:4:nan,1:5:sigterm"})
     # DDP averages the gradients before the scaler looks: rank 0 sees rank 1's inf and skips too
     assert "step 2: fp16 overflow, step skipped; loss scale 65536 -> 32768" in output
     # the loss is all-reduced before the guard looks: rank 0 sees rank 1's NaN
     assert "step 4: non-finite loss (nan), step skipped (1 in a row, 1 in total)" in output
     assert [r["step"] for r in records(run, "nan_skip").values()] == [4]
-    assert load_checkpoint(latest_checkpoint(run))["tensors"]["scaler"]["scale"] == 32768.0
+    # the stop flag is all-reduced: rank 0, which got no signal, stops after the same step
+    assert records(run, "end") == {6: records(run, "end")[6]} and records(run, "end")[6]["reason"] == \
+        "signal (received by another rank)"
+    saved = load_checkpoint(latest_checkpoint(run))
+    assert saved["state"]["step"] == 6 and saved["tensors"]["scaler"]["scale"] == 32768.0
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     assert all(torch.isfinite(r0[k]).all() and torch.equal(r0[k], r1[k]) for k in r0)
+    assert_params_close(saved["model"], r0)
 
 
 def _rank_pid(launcher: subprocess.Popen, rank: int, deadline: float) -> int:

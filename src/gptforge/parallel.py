@@ -41,8 +41,11 @@ def wrap(model: torch.nn.Module, *, fsdp: bool, device: torch.device, dtype: tor
 
     `model` itself keeps plain state-dict keys (FSDP2 shards it in place; compile and DDP wrap it)."""
     if fsdp:
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # explicit, so --device=cpu shards on the CPU even where CUDA exists (the default mesh prefers CUDA)
+        mesh = init_device_mesh(device.type, (dist.world_size(),))
         # gather and compute in bf16, average gradients in fp32 (autocast still runs the loss in fp32)
         mp = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32) if dtype != torch.float32 \
             else MixedPrecisionPolicy()
@@ -51,8 +54,8 @@ def wrap(model: torch.nn.Module, *, fsdp: bool, device: torch.device, dtype: tor
                 block.compile()  # per block, in place: keys stay plain (torchtitan's way with FSDP2)
             # the model is still on the CPU: each block moves to the device as it is sharded, so the whole
             # model never has to fit on one GPU
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
+            fully_shard(block, mesh=mesh, mp_policy=mp)
+        fully_shard(model, mesh=mesh, mp_policy=mp)
         return model, model
     model.to(device)
     compiled = torch.compile(model) if compile_model else model
