@@ -225,6 +225,30 @@ def test_a_killed_rank_ends_the_job_in_bounded_time(tmp_path, char_data):
     assert load_checkpoint(latest_checkpoint(run))["state"]["step"] % 3 == 0  # the newest complete one loads
 
 
+@pytest.mark.slow  # another torchrun launch (~10 s on 2 cores); the file's default tests stay near 60 s
+def test_sigint_to_torchrun_and_its_workers_saves_and_stops_every_rank(tmp_path, char_data):
+    """A scheduler that signals every process of a job (Slurm's scancel --signal=INT) makes each worker get
+    SIGINT twice: directly, then forwarded by torchrun. That is one request to stop and save, not a
+    second Ctrl-C that aborts without saving."""
+    run = tmp_path / "run"
+    proc = torchrun(char_data, run, wait=False, max_iters=100_000, eval_interval=1000, eval_iters=1)
+    deadline = time.time() + 90
+    while not (run / "metrics.jsonl").exists() or len(records(run)) < 3:
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.1)
+    workers = [_rank_pid(proc, r, deadline) for r in (0, 1)]
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert "SIGINT received: finishing this step, then saving a checkpoint" in out
+    end = list(records(run, "end").values())
+    assert len(end) == 1 and end[0]["reason"] == "signal SIGINT"
+    assert load_checkpoint(latest_checkpoint(run))["state"]["step"] == end[0]["step"]
+    assert "gptforge train: interrupted" not in out
+
+
+@pytest.mark.slow  # torchrun ends the job as for the killed rank above; this adds the traceback
 def test_a_rank_that_raises_ends_the_job(tmp_path, char_data):
     proc = torchrun(char_data, tmp_path / "run", wait=False, env={"GPTFORGE_TEST_FAULT": "1:3:raise"})
     out, _ = proc.communicate(timeout=60)

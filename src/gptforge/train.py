@@ -274,7 +274,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
         dist.barrier()
 
     # ---------------------------------------------------------------- the loop
-    stop = StopFlag(announce=main)
+    stop = StopFlag(announce=main, second_sigint_aborts=not dist.launched_by_torchrun())
     model.train()
     reason, step_times, train_seconds = None, [], 0.0
     samples_on = main and tokenizer is not None and tc.sample_tokens > 0 and bool(tc.sample_prompts)

@@ -60,15 +60,19 @@ class StopFlag:
     """SIGTERM / SIGINT ask the loop to finish the current step, save, and exit; a second Ctrl-C aborts.
 
     Under torchrun every rank gets the signal, not necessarily during the same step: the loop all-reduces
-    `requested` so all ranks stop after the same step. Only the rank that announces (rank 0) prints."""
+    `requested` so all ranks stop after the same step. Only the rank that announces (rank 0) prints.
+    A SIGINT can reach a torchrun worker twice (from a scheduler that signals every process of the job,
+    then forwarded by torchrun), so there a second one does not abort: torchrun itself kills workers
+    that take too long."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, second_sigint_aborts: bool = True):
         self.requested = False
         self.signal_name = ""
         self.announce = announce
+        self.second_sigint_aborts = second_sigint_aborts
 
     def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and self.second_sigint_aborts:
             raise KeyboardInterrupt
         self.requested = True
         self.signal_name = signal.Signals(signum).name
