@@ -157,6 +157,24 @@ def test_val_batches_are_fixed_and_spread(tmp_path):
     assert sum(len(x) for x, _ in everything) == 25 and len(everything) == 7
 
 
+def test_val_batches_split_by_rank_in_lockstep(tmp_path):
+    """5 batches on 2 ranks: 3 and 2 of them, each once; rank 1 runs one uncounted extra so both run 3
+    forwards (a sharded model gathers weights in every forward, so the counts must match)."""
+    ds = open_dataset(make_dataset(tmp_path / "d", val_size=401))
+    whole = [x for x, _ in ValBatches(ds, batch_size=4, block_size=T, n_batches=5)]
+    ranks = [list(ValBatches(ds, batch_size=4, block_size=T, n_batches=5, rank=r, world_size=2).lockstep())
+             for r in (0, 1)]
+    assert [len(r) for r in ranks] == [3, 3]
+    assert [c for *_, c in ranks[0]] == [True, True, True] and [c for *_, c in ranks[1]] == [True, True, False]
+    counted = {0: [0, 2, 4], 1: [1, 3]}
+    for r in (0, 1):
+        got = [x for x, _, c in ranks[r] if c]
+        assert all(torch.equal(x, whole[i]) for x, i in zip(got, counted[r]))
+    assert torch.equal(ranks[1][2][0], whole[0])  # the filler is a real batch, never counted
+    alone = list(ValBatches(ds, batch_size=4, block_size=T, n_batches=5).lockstep())
+    assert len(alone) == 5 and all(c for *_, c in alone)
+
+
 def test_too_small_splits_are_clear_errors(tmp_path):
     ds = open_dataset(make_dataset(tmp_path / "d", train_sizes=(10,), val_size=10))
     with pytest.raises(UserError, match="train split has 10 tokens, fewer than block_size"):

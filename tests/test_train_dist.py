@@ -264,3 +264,20 @@ def test_a_rank_stuck_outside_the_collectives_times_the_others_out(tmp_path, cha
     assert "gptforge train: error: rank 0: a collective with the other processes failed" in out
     assert "continue with --init_from=resume" in out
     assert load_checkpoint(latest_checkpoint(tmp_path / "run"))["state"]["step"] == 4  # saved before the hang
+
+
+def test_fsdp_refuses_what_it_cannot_shard_and_one_process_has_nothing_to_shard(monkeypatch):
+    from gptforge import dist, parallel
+    from gptforge.errors import UserError
+
+    assert parallel.use_fsdp(True, 1, "muon", torch.float16) is False  # one process: trains unsharded
+    assert parallel.use_fsdp(True, 2, "adamw", torch.bfloat16) is True
+    with pytest.raises(UserError, match="fsdp=true with optimizer=muon: Muon orthogonalises whole matrices"):
+        parallel.use_fsdp(True, 2, "muon", torch.float32)
+    with pytest.raises(UserError, match="fsdp=true with float16: .* use --dtype=bfloat16"):
+        parallel.use_fsdp(True, 2, "adamw", torch.float16)
+    monkeypatch.setenv("GPTFORGE_DIST_TIMEOUT", "soon")
+    with pytest.raises(UserError, match="GPTFORGE_DIST_TIMEOUT='soon' is not a positive number of seconds"):
+        dist.timeout_seconds()
+    monkeypatch.setenv("GPTFORGE_DIST_TIMEOUT", "90")
+    assert dist.timeout_seconds() == 90.0
