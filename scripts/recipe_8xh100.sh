@@ -23,7 +23,8 @@ NPROC=${NPROC:-8}                                 # GPUs on this node
 CONFIG=${CONFIG:-$(cd "$(dirname "$0")/.." && pwd)/configs/gpt2_124m_8xh100.toml}
 EXTRA=${EXTRA:-}                                  # more --key=value for plan and train, e.g. --max_iters=200
 PROMPT=${PROMPT:-The most important thing to know about the ocean is}
-SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}
+SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}               # tokens per sample (3 samples)
+EVAL_BATCHES=${EVAL_BATCHES-100}                  # final eval: 6,400 sequences (EVAL_BATCHES= : all of val)
 # one training process per GPU; LAUNCH=gptforge runs a single process instead
 if [ -z "${LAUNCH:-}" ]; then
   command -v torchrun > /dev/null || { echo "torchrun not found: install PyTorch, or set LAUNCH=gptforge" >&2; exit 1; }
@@ -56,8 +57,8 @@ else
   $LAUNCH train "$CONFIG" --data="$DATA_DIR" --out="$RUN_DIR" --init_from="$INIT" $EXTRA
 fi
 
-# ---- 6. evaluate (val loss, perplexity, bits per byte on the whole val split), sample, diagnose, plot
-gptforge eval "$RUN_DIR"
+# ---- 6. evaluate (val loss, perplexity, bits per byte), sample, diagnose, plot
+gptforge eval "$RUN_DIR" ${EVAL_BATCHES:+--batches "$EVAL_BATCHES"}
 mkdir -p "$RUN_DIR/samples"
 gptforge sample "$RUN_DIR" --prompt "$PROMPT" --num-samples 3 --max-new-tokens "$SAMPLE_TOKENS" \
   | tee "$RUN_DIR/samples/recipe.txt"

@@ -23,7 +23,8 @@ GPU=${GPU:-RTX 4070}                              # the card `gptforge plan` che
 CONFIG=${CONFIG:-$(cd "$(dirname "$0")/.." && pwd)/configs/gpt2_124m_rtx4070.toml}
 EXTRA=${EXTRA:-}                                  # more --key=value for plan and train, e.g. --max_iters=200
 PROMPT=${PROMPT:-The most important thing to know about the ocean is}
-SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}
+SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}               # tokens per sample (3 samples)
+EVAL_BATCHES=${EVAL_BATCHES-400}                  # final eval: 3,200 sequences (EVAL_BATCHES= : all of val)
 
 # ---- 1. download the shards (parallel, resumable, verified; the validation shard comes along)
 gptforge download "$DATASET" --out "$RAW_DIR" --shards "$SHARDS"
@@ -51,8 +52,8 @@ else
   gptforge train "$CONFIG" --data="$DATA_DIR" --out="$RUN_DIR" --init_from="$INIT" $EXTRA
 fi
 
-# ---- 6. evaluate (val loss, perplexity, bits per byte on the whole val split), sample, diagnose, plot
-gptforge eval "$RUN_DIR"
+# ---- 6. evaluate (val loss, perplexity, bits per byte), sample, diagnose, plot
+gptforge eval "$RUN_DIR" ${EVAL_BATCHES:+--batches "$EVAL_BATCHES"}
 mkdir -p "$RUN_DIR/samples"
 gptforge sample "$RUN_DIR" --prompt "$PROMPT" --num-samples 3 --max-new-tokens "$SAMPLE_TOKENS" \
   | tee "$RUN_DIR/samples/recipe.txt"

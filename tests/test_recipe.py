@@ -53,7 +53,8 @@ def run_recipe(script, tmp_path, template, **env):
     ours = ("LAUNCH", "TOKENIZER", "CONFIG", "GPU", "NPROC", "PROMPT")  # the scripts' other knobs: defaults
     full_env = {k: v for k, v in os.environ.items() if k not in ours}
     full_env.update(PATH=bin_dir + os.pathsep + os.environ["PATH"], DATASET=template, SHARDS="2", EXTRA=TINY,
-                    SAMPLE_TOKENS="12", **{k: str(v) for k, v in {**dirs, **env}.items()})
+                    SAMPLE_TOKENS="12", EVAL_BATCHES="20")
+    full_env.update({k: str(v) for k, v in {**dirs, **env}.items()})
     result = subprocess.run(["bash", "-x", str(REPO / "scripts" / script)], env=full_env, capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -70,7 +71,7 @@ def check_outputs(out, dirs, served, steps=STEPS):
     ends = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert ends[-1]["event"] == "end" and ends[-1]["reason"] == "max_iters" and ends[-1]["step"] == steps
     assert (run / "checkpoints" / f"step_{steps:08d}" / "COMPLETE").is_file()
-    assert f"at step {steps} on {data}" in out and "bits per byte" in out  # eval
+    assert f"at step {steps} on {data} (20 batches" in out and "bits per byte" in out  # eval
     samples = (run / "samples" / "recipe.txt").read_text()
     assert samples.count("The most important thing to know about the ocean is") == 3
     assert "## Findings" in (run / "diagnosis.md").read_text()
@@ -101,14 +102,16 @@ def test_a_rerun_finds_everything_done(tmp_path, shard_server):
 
 
 def test_8xh100_recipe_with_a_trained_tokenizer_through_torchrun(tmp_path, shard_server):
+    """Two CPU processes (gloo) stand in for the eight GPUs."""
     served, template = shard_server
     if shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None:
         pytest.skip("torchrun is not installed next to this Python")
-    out, trace, dirs = run_recipe("recipe_8xh100.sh", tmp_path, template, NPROC=1, TOKENIZER=512)
+    two = TINY.replace("--gradient_accumulation_steps=1", "--gradient_accumulation_steps=2")
+    out, trace, dirs = run_recipe("recipe_8xh100.sh", tmp_path, template, NPROC=2, TOKENIZER=512, EXTRA=two)
     manifest = check_outputs(out, dirs, served)
     assert manifest["tokenizer"]["kind"] == "bpe" and manifest["tokenizer"]["vocab_size"] == 512
     assert (Path(f"{dirs['DATA_DIR']}.tokenizer")).is_dir()
-    assert (f"+ torchrun --standalone --nproc_per_node=1 -m gptforge train {REPO}/configs/gpt2_124m_8xh100.toml "
+    assert (f"+ torchrun --standalone --nproc_per_node=2 -m gptforge train {REPO}/configs/gpt2_124m_8xh100.toml "
             f"--data={dirs['DATA_DIR']}") in trace
     start = json.loads((dirs["RUN_DIR"] / "metrics.jsonl").read_text().splitlines()[0])
-    assert start["event"] == "start" and start["config"]["batch_size"] == 4 and start["config"]["n_layer"] == 2
+    assert start["event"] == "start" and start["world_size"] == 2 and start["config"]["n_layer"] == 2
