@@ -103,7 +103,11 @@ class MLP(nn.Module):
 
     def forward(self, x, dropout_on: bool):
         h = self.c_fc(x)
-        h = F.relu(h).square() if self.modern else F.gelu(h, approximate="tanh")
+        if self.modern:
+            r = F.relu(h)
+            h = r * r  # ReLU²; r * r instead of square(): same bits, half the CPU time (pow's backward is slow)
+        else:
+            h = F.gelu(h, approximate="tanh")
         return F.dropout(self.c_proj(h), self.dropout, training=dropout_on)
 
 
