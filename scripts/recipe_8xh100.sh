@@ -25,43 +25,11 @@ EXTRA=${EXTRA:-}                                  # more --key=value for plan an
 PROMPT=${PROMPT:-The most important thing to know about the ocean is}
 SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}               # tokens per sample (3 samples)
 EVAL_BATCHES=${EVAL_BATCHES-100}                  # final eval: 6,400 sequences (EVAL_BATCHES= : all of val)
+DOWNLOAD_WORKERS=${DOWNLOAD_WORKERS:-8}
 # one training process per GPU; LAUNCH=gptforge runs a single process instead
 if [ -z "${LAUNCH:-}" ]; then
   command -v torchrun > /dev/null || { echo "torchrun not found: install PyTorch, or set LAUNCH=gptforge" >&2; exit 1; }
   LAUNCH="torchrun --standalone --nproc_per_node=$NPROC -m gptforge"
 fi
 
-# ---- 1. download the shards (parallel, resumable, verified; the validation shard comes along)
-gptforge download "$DATASET" --out "$RAW_DIR" --shards "$SHARDS" --workers 8
-
-# ---- 2. the tokenizer: GPT-2's (offline, nothing to do), or a byte-level BPE trained on the text
-TOK=gpt2
-if [ "$TOKENIZER" != gpt2 ]; then
-  TOK="$DATA_DIR.tokenizer"
-  [ -d "$TOK" ] || gptforge tokenizer train "$RAW_DIR" --vocab-size "$TOKENIZER" --out "$TOK"
-fi
-
-# ---- 3. tokenize into shards + manifest (1% of the documents held out for validation)
-gptforge prepare "$RAW_DIR" --out "$DATA_DIR" --tokenizer "$TOK"
-gptforge inspect "$DATA_DIR"
-
-# ---- 4. check that the run fits each GPU, and how long it takes on all of them
-gptforge plan "$CONFIG" --data "$DATA_DIR" --gpu "$GPU" --processes "$NPROC" $EXTRA
-
-# ---- 5. train (resumes when the run directory already holds a checkpoint)
-if [ -f "$RUN_DIR/metrics.jsonl" ] && tail -n 1 "$RUN_DIR/metrics.jsonl" | grep -q '"reason": "max_iters"'; then
-  echo "training already finished in $RUN_DIR"
-else
-  INIT=scratch
-  if compgen -G "$RUN_DIR/checkpoints/step_*/COMPLETE" > /dev/null; then INIT=resume; fi
-  $LAUNCH train "$CONFIG" --data="$DATA_DIR" --out="$RUN_DIR" --init_from="$INIT" $EXTRA
-fi
-
-# ---- 6. evaluate (val loss, perplexity, bits per byte), sample, diagnose, plot
-gptforge eval "$RUN_DIR" ${EVAL_BATCHES:+--batches "$EVAL_BATCHES"}
-mkdir -p "$RUN_DIR/samples"
-gptforge sample "$RUN_DIR" --prompt "$PROMPT" --num-samples 3 --max-new-tokens "$SAMPLE_TOKENS" \
-  | tee "$RUN_DIR/samples/recipe.txt"
-gptforge diagnose "$RUN_DIR"                      # -> $RUN_DIR/diagnosis.md and loss.png
-gptforge plot "$RUN_DIR" --out "$RUN_DIR/curves.png"
-echo "done: read $RUN_DIR/diagnosis.md"
+source "$(dirname "$0")/recipe_steps.sh"

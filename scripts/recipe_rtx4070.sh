@@ -25,38 +25,8 @@ EXTRA=${EXTRA:-}                                  # more --key=value for plan an
 PROMPT=${PROMPT:-The most important thing to know about the ocean is}
 SAMPLE_TOKENS=${SAMPLE_TOKENS:-120}               # tokens per sample (3 samples)
 EVAL_BATCHES=${EVAL_BATCHES-400}                  # final eval: 3,200 sequences (EVAL_BATCHES= : all of val)
+DOWNLOAD_WORKERS=${DOWNLOAD_WORKERS:-4}
+NPROC=1                                           # one GPU, one process
+LAUNCH=${LAUNCH:-gptforge}
 
-# ---- 1. download the shards (parallel, resumable, verified; the validation shard comes along)
-gptforge download "$DATASET" --out "$RAW_DIR" --shards "$SHARDS"
-
-# ---- 2. the tokenizer: GPT-2's (offline, nothing to do), or a byte-level BPE trained on the text
-TOK=gpt2
-if [ "$TOKENIZER" != gpt2 ]; then
-  TOK="$DATA_DIR.tokenizer"
-  [ -d "$TOK" ] || gptforge tokenizer train "$RAW_DIR" --vocab-size "$TOKENIZER" --out "$TOK"
-fi
-
-# ---- 3. tokenize into shards + manifest (1% of the documents held out for validation)
-gptforge prepare "$RAW_DIR" --out "$DATA_DIR" --tokenizer "$TOK"
-gptforge inspect "$DATA_DIR"
-
-# ---- 4. check that the run fits the card, and how long it takes
-gptforge plan "$CONFIG" --data "$DATA_DIR" --gpu "$GPU" $EXTRA
-
-# ---- 5. train (resumes when the run directory already holds a checkpoint)
-if [ -f "$RUN_DIR/metrics.jsonl" ] && tail -n 1 "$RUN_DIR/metrics.jsonl" | grep -q '"reason": "max_iters"'; then
-  echo "training already finished in $RUN_DIR"
-else
-  INIT=scratch
-  if compgen -G "$RUN_DIR/checkpoints/step_*/COMPLETE" > /dev/null; then INIT=resume; fi
-  gptforge train "$CONFIG" --data="$DATA_DIR" --out="$RUN_DIR" --init_from="$INIT" $EXTRA
-fi
-
-# ---- 6. evaluate (val loss, perplexity, bits per byte), sample, diagnose, plot
-gptforge eval "$RUN_DIR" ${EVAL_BATCHES:+--batches "$EVAL_BATCHES"}
-mkdir -p "$RUN_DIR/samples"
-gptforge sample "$RUN_DIR" --prompt "$PROMPT" --num-samples 3 --max-new-tokens "$SAMPLE_TOKENS" \
-  | tee "$RUN_DIR/samples/recipe.txt"
-gptforge diagnose "$RUN_DIR"                      # -> $RUN_DIR/diagnosis.md and loss.png
-gptforge plot "$RUN_DIR" --out "$RUN_DIR/curves.png"
-echo "done: read $RUN_DIR/diagnosis.md"
+source "$(dirname "$0")/recipe_steps.sh"
