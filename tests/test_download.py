@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from subproc import sigint_default
+
 from gptforge import cli
 from gptforge.errors import UserError
 from gptforge.sources import download as dl
@@ -336,7 +338,8 @@ def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_pa
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
     proc = subprocess.Popen([sys.executable, "-m", "gptforge", "download", base + "/f/s_{index}.bin",
-                             "--out", str(out), "--shards", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                             "--out", str(out), "--shards", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                preexec_fn=sigint_default)
     part = out / ".s_0.bin.part"
     deadline = time.monotonic() + 20
     while not (part.exists() and part.stat().st_size >= 40_000) and time.monotonic() < deadline:

@@ -14,6 +14,7 @@ from gptforge.prepare import in_val, prepare, safe_pieces
 from gptforge.shards import open_shard
 from gptforge.tokenizer import gpt2_tokenizer
 from helpers_data import play_texts, tree_digest, write_parquet
+from subproc import sigint_default
 
 EOT = 50256
 
@@ -215,7 +216,8 @@ def _interrupted_run(tmp_path, data, srcs, kill_after_shards, sig):
         streams.ShardSequence._close_current = close_then_die
         prepare({[str(s) for s in srcs]!r}, {str(data)!r}, shard_tokens=300, val_fraction=0.0)
     """)
-    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          preexec_fn=sigint_default)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])

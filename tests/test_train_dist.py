@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from subproc import sigint_default
 import torch
 
 from conftest import tiny_config
@@ -48,7 +50,8 @@ def torchrun(data, out, nproc=2, env=None, wait=True, **overrides):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
            "train", f"--data={data}", f"--out={out}", *cli_args(**overrides)]
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", **(env or {})}
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=full_env,
+                            preexec_fn=sigint_default)
     if not wait:
         return proc
     out_text, _ = proc.communicate(timeout=180)
