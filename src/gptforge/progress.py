@@ -22,13 +22,11 @@ class Progress:
         self.docs = self.tokens = self.chars = 0
         self.started = self.last = time.time()
         self.every = every
-        self._source_chars = 0
 
     def update(self, docs: int, tokens: int, chars: int) -> None:
         self.docs += docs
         self.tokens += tokens
         self.chars += chars
-        self._source_chars += chars
         now = time.time()
         if self.enabled and now - self.last >= self.every:
             self.last = now
@@ -36,7 +34,6 @@ class Progress:
 
     def source_done(self, size_bytes: int) -> None:
         self.done_bytes += size_bytes
-        self._source_chars = 0
 
     def _draw(self, now: float) -> None:
         elapsed = max(now - self.started, 1e-9)

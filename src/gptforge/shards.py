@@ -92,8 +92,6 @@ def open_shard(path: str | os.PathLike, vocab_size: int | None = None, check_ids
         raise UserError(f"shard {path} is empty (0 bytes)")
     header = read_header(path)
     if header is None:
-        if path.name not in NANOGPT_NAMES and not path.name.endswith(".bin"):
-            raise UserError(f"shard {path}: not a token shard (bad magic number)")
         if path.name not in NANOGPT_NAMES:
             raise UserError(
                 f"shard {path}: bad magic number (expected {MAGIC}); headerless files are read only "
