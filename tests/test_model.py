@@ -5,7 +5,7 @@ import torch
 
 from gptforge.config import ModelConfig
 from gptforge.errors import UserError
-from gptforge.model import GPT, padded_vocab, sample_token
+from gptforge.model import GPT, ReLUSquared, apply_rotary, padded_vocab, rotary_tables, sample_token
 
 ARCHS = ["gpt2", "modern"]
 
@@ -28,6 +28,29 @@ def randomised(model: GPT, seed=0) -> GPT:
 
 def test_padded_vocab():
     assert [padded_vocab(v) for v in (1, 64, 65, 50257, 50304)] == [64, 64, 128, 50304, 50304]
+
+
+def test_rotary_is_the_textbook_rotation_of_each_half_pair():
+    x = torch.randn(2, 16, 2, 3, 8)  # [B, T, q|k, H, D]
+    cos, sin = rotary_tables(8, 16, 10_000.0)
+    angle = torch.arange(16.0)[:, None] * 10_000.0 ** (-torch.arange(0, 8, 2) / 8)  # [T, D/2]
+    c, s = angle.cos()[:, None, None, :], angle.sin()[:, None, None, :]
+    x1, x2 = x[..., :4], x[..., 4:]
+    expected = torch.cat((x1 * c + x2 * s, x2 * c - x1 * s), dim=-1)
+    assert torch.allclose(apply_rotary(x, cos, sin), expected, atol=1e-6)
+    assert torch.equal(apply_rotary(x, cos, sin)[:, 0], x[:, 0])  # position 0: no rotation
+
+
+def test_relu_squared_backward_is_autograds_bit_for_bit():
+    x = torch.randn(4, 64, requires_grad=True)
+    grad = torch.randn(4, 64)
+    r = torch.relu(x)
+    (r * r).backward(grad)
+    expected, x.grad = x.grad, None
+    out = ReLUSquared.apply(x)
+    out.backward(grad)
+    assert torch.equal(out, torch.relu(x) ** 2) and torch.equal(x.grad, expected)
+    assert (x.grad[x < 0] == 0).all()
 
 
 @pytest.mark.parametrize("arch", ARCHS)

@@ -36,16 +36,34 @@ def rms_norm(x: torch.Tensor) -> torch.Tensor:
 
 
 def rotary_tables(head_dim: int, length: int, base: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin tables [T, 1, 1, head_dim], broadcast over [B, T, (q|k), H, head_dim]."""
     inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
     angles = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # [T, head_dim/2]
-    return angles.cos()[:, None, :], angles.sin()[:, None, :]  # broadcast over heads in [B, T, H, D]
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), -1)[:, None, None, :], torch.cat((sin, -sin), -1)[:, None, None, :]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate the halves (x1, x2) of the last dim to (x1 cos + x2 sin, x2 cos - x1 sin), written as
+    x * cos + swap(x) * sin with a signed sin table: the same bits in fewer kernels (it matters on CPU)."""
     half = x.size(-1) // 2
-    x1, x2 = x[..., :half], x[..., half:]
-    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos.to(x.dtype) + swapped * sin.to(x.dtype)
+
+
+class ReLUSquared(torch.autograd.Function):
+    """relu(x)². Autograd's own backward of r * r takes four full-size kernels, this one two."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        r = F.relu(x)
+        ctx.save_for_backward(r)
+        return r * r
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (r,) = ctx.saved_tensors
+        return (grad * r).mul_(2)  # = grad * r + grad * r, autograd's result, bit for bit
 
 
 class KVCache:
@@ -71,10 +89,12 @@ class Attention(nn.Module):
 
     def forward(self, x, rotary, cache: KVCache | None, layer: int, dropout_on: bool):
         B, T, C = x.shape
-        q, k, v = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).unbind(dim=2)  # [B, T, H, D]
-        if self.modern:
-            q, k = rms_norm(q), rms_norm(k)
-            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
+        if self.modern:  # q and k normed and rotated together: half the kernels
+            q, k = apply_rotary(rms_norm(qkv[:, :, :2]), *rotary).unbind(dim=2)
+            v = qkv[:, :, 2]
+        else:
+            q, k, v = qkv.unbind(dim=2)  # [B, T, H, D]
         # autocast may leave the normed q, k in fp32 while v is bf16; attention wants one dtype
         q, k, v = (t.to(v.dtype).transpose(1, 2) for t in (q, k, v))  # [B, H, T, D]
         causal = True
@@ -104,8 +124,7 @@ class MLP(nn.Module):
     def forward(self, x, dropout_on: bool):
         h = self.c_fc(x)
         if self.modern:
-            r = F.relu(h)
-            h = r * r  # ReLU²; r * r instead of square(): same bits, half the CPU time (pow's backward is slow)
+            h = ReLUSquared.apply(h)
         else:
             h = F.gelu(h, approximate="tanh")
         return F.dropout(self.c_proj(h), self.dropout, training=dropout_on)
