@@ -10,7 +10,7 @@ import torch
 from gptforge.config import ModelConfig, OptimConfig
 from gptforge.errors import UserError
 from gptforge.model import GPT
-from gptforge.optim import MuonAdamW, apply_lr, build_optimizer, is_hidden_matrix, lr_multiplier
+from gptforge.optim import Float32Muon, MuonAdamW, apply_lr, build_optimizer, is_hidden_matrix, lr_multiplier
 
 
 def tiny_model(arch="gpt2", seed=0):
@@ -145,6 +145,31 @@ def test_muon_does_the_learning_of_hidden_matrices():
 
     assert final_loss(0.02) < 3.5  # from 3.97
     assert final_loss(1e-9) > 3.9
+
+
+def test_float32_muon_is_torch_muon_without_the_bf16_rounding():
+    """Off CUDA, Muon orthogonalises in fp32 (bf16 matmuls are ~25x slower on CPUs without bf16 units):
+    the same update as torch.optim.Muon up to bf16 rounding, the same state, checkpoints interchangeable."""
+    assert type(build_optimizer(tiny_model(), OptimConfig(optimizer="muon"), "cpu").muon) is Float32Muon
+    g = torch.Generator().manual_seed(0)
+    shapes = [(96, 32), (32, 128), (32, 32)]  # tall, wide, square
+    starts = [torch.randn(s, generator=g) for s in shapes]
+    ours = [torch.nn.Parameter(start.clone()) for start in starts]
+    torchs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    hyper = dict(lr=0.02, weight_decay=0.1, momentum=0.9)
+    a, b = Float32Muon(ours, **hyper), torch.optim.Muon(torchs, **hyper)
+    for _ in range(3):
+        for p, q in zip(ours, torchs):
+            p.grad = torch.randn(p.shape, generator=g)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q, start in zip(ours, torchs, starts):
+        moved = (q - start).abs().max().item()
+        assert moved > 0.02 and (p - q).abs().max().item() < 0.03 * moved  # bf16 rounding: ~1.5%
+    assert a.state_dict()["state"].keys() == b.state_dict()["state"].keys()
+    b.load_state_dict(a.state_dict())  # a CPU run's Muon state resumes in torch's own Muon
+    assert torch.equal(b.state[torchs[0]]["momentum_buffer"], a.state[ours[0]]["momentum_buffer"])
 
 
 # ---- schedules -----------------------------------------------------------------------------------

@@ -5,8 +5,9 @@ hidden matrices of the transformer blocks with AdamW for everything else (embedd
 biases), behind one object. Schedules are pure functions of the step: nothing to checkpoint, nothing
 to drift on resume.
 
-On CPU prefer AdamW: torch.optim.Muon orthogonalises in bf16, which CPUs without native bf16 matmuls
-run ~25x slower than fp32 (a 512x128 Newton-Schulz took 150 ms vs 6 ms in fp32 on a 2-core AVX2 machine).
+torch.optim.Muon orthogonalises in bf16, which CPUs without native bf16 matmuls run ~25x slower than
+fp32 (a 512x128 Newton-Schulz took 150 ms vs 6 ms in fp32 on a 2-core AVX2 machine), so off CUDA the
+same update runs in fp32 (Float32Muon).
 
 Hyperparameters come from the config, state from the checkpoint: after load_state_dict every group keeps
 the configured initial_lr, betas, weight decay and momentum (so a resume may lower the learning rate),
@@ -57,6 +58,55 @@ def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.opti
                             fused=True if device_type == "cuda" else None)
     _keep_config_hyperparams(opt)
     return opt
+
+
+class Float32Muon(torch.optim.Muon):
+    """torch.optim.Muon with its Newton-Schulz iteration in fp32: torch's constructor, defaults, update
+    rule and state ("momentum_buffer"), so checkpoints move between CPU and CUDA runs."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(param.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(param.grad, 1 - momentum)
+                update = param.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
+                param.mul_(1 - lr * weight_decay)
+                param.add_(update, alpha=-lr * muon_lr_ratio(group["adjust_lr_fn"], param.shape))
+        return loss
+
+
+def orthogonalize(grad: torch.Tensor, coefficients, steps: int, eps: float) -> torch.Tensor:
+    """torch.optim.Muon's quintic Newton-Schulz iteration (towards U V^T of grad = U S V^T), in fp32."""
+    a, b, c = coefficients
+    wide = grad.size(0) <= grad.size(1)
+    x = grad.float() if wide else grad.float().T
+    x = x / x.norm().clamp(min=eps)  # spectral norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T
+        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+    return x if wide else x.T
+
+
+def muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's per-matrix learning-rate factor."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn in (None, "original"):
+        return math.sqrt(max(1, rows / cols))
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return 1.0
 
 
 class MuonAdamW:
@@ -120,7 +170,8 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimConfig, device_type: str):
         raise UserError("optimizer=muon: the model has no hidden matrices for Muon (n_layer must be > 0)")
     # Muon's decoupled decay multiplies by (1 - lr * wd): scale wd so the per-step shrink matches AdamW's
     muon_wd = cfg.weight_decay * cfg.learning_rate / cfg.muon_lr
-    muon = torch.optim.Muon([{"params": hidden, "initial_lr": cfg.muon_lr}], lr=cfg.muon_lr,
+    muon_class = torch.optim.Muon if device_type == "cuda" else Float32Muon
+    muon = muon_class([{"params": hidden, "initial_lr": cfg.muon_lr}], lr=cfg.muon_lr,
                             momentum=cfg.muon_momentum, weight_decay=muon_wd, nesterov=True)
     _keep_config_hyperparams(muon)
     adamw = _adamw([
