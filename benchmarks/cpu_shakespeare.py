@@ -12,6 +12,7 @@ run in this process. Same data split: the first 90% of characters train, the las
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -63,6 +64,7 @@ def main(argv: list[str]) -> int:
         print(f"val <= {TARGET} first at step {reached['step']}, {reached['time']:.1f}s after launch")
     print(f"gptforge {wall:.1f}s vs nanoGPT {BASELINE_SECONDS}s (recorded): {BASELINE_SECONDS / wall:.2f}x faster; "
           f"target <= 43s and val <= {TARGET}: {'met' if wall <= 43 and full['val_loss'] <= TARGET else 'NOT met'}")
+    shutil.rmtree(work)
     return 0
 
 
