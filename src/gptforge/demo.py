@@ -23,8 +23,8 @@ DEFAULT_SECONDS = 150.0
 VOCAB = 2048
 # small enough to take many steps on 2 cores, big enough to write Shakespeare-shaped text
 MODEL = dict(arch="modern", n_layer=4, n_head=4, n_embd=128, block_size=128, dropout=0.0, logit_softcap=15.0)
-# AdamW: torch.optim.Muon orthogonalises in bf16, which is slow on most CPUs
-OPTIM = dict(optimizer="adamw", learning_rate=3e-3, min_lr=3e-4, warmup_iters=30, schedule="wsd",
+# Muon for the block matrices: in the same 150 s it reached val 3.90 where AdamW (lr 3e-3) reached 4.01
+OPTIM = dict(optimizer="muon", muon_lr=0.04, learning_rate=6e-3, min_lr=6e-4, warmup_iters=30, schedule="wsd",
              decay_fraction=0.4, weight_decay=0.1, beta2=0.99, grad_clip=1.0)
 BATCH = 16
 PROMPTS = ["ROMEO:\n", "To be, or not to be", "KING HENRY:\nMy lords,"]
