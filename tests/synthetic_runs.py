@@ -124,6 +124,17 @@ def lr_too_high(run_dir: Path) -> Path:
                      spikes=spikes, log_noise=0.15)
 
 
+def small_batch_cpu(run_dir: Path, seed: int = 0) -> Path:
+    """The demo's shape: a 1.3M-parameter model, 550 iterations of 16 x 128 tokens logged every 18, so each
+    logged loss is one small batch's (±0.12 around a smoothly falling curve)."""
+    cfg = dict(arch="modern", n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048, batch_size=16,
+               max_iters=550, warmup_iters=30, eval_interval=92, eval_iters=5, log_interval=18, learning_rate=6e-3,
+               min_lr=6e-4, schedule="wsd")
+    curve = lambda s: 3.6 + 4.0 * math.exp(-s / 40) + 0.9 * math.exp(-s / 300)  # noqa: E731
+    return write_run(run_dir, cfg, dataset_train_tokens=1_700_000, train=curve, val=lambda s: curve(s) + 0.25,
+                     log_noise=0.12, eval_noise=0.02, seed=seed)
+
+
 def diverged(run_dir: Path) -> Path:
     """Falls to ~3.5 by step 800, blows up to ~9 by step 1200, then five NaN losses in a row stop it."""
     cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=2000, warmup_iters=100,

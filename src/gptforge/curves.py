@@ -111,12 +111,16 @@ class Rebound:
     min_x: float  # where the minimum before the climb was
     peak_x: float  # where the climb topped out
     min_value: float
+    noise: float  # standard deviation of the smoothed curve's noise: climbs of a few times it are chance
 
 
 def worst_rebound(points: list[tuple[float, float]]) -> Rebound | None:
     if len(points) < 3:
         return None
-    ys = smooth([p[1] for p in points], smoothing_span(len(points)))
+    span = smoothing_span(len(points))
+    ys = smooth([p[1] for p in points], span)
+    alpha = 2.0 / (span + 1)
+    noise = point_noise(points) * math.sqrt(alpha / (2 - alpha))  # what an EMA leaves of white noise
     best = None
     low_i = 0
     for i, y in enumerate(ys):
@@ -124,8 +128,15 @@ def worst_rebound(points: list[tuple[float, float]]) -> Rebound | None:
             low_i = i
         rise = y - ys[low_i]
         if best is None or rise > best.rise:
-            best = Rebound(rise, points[low_i][0], points[i][0], ys[low_i])
+            best = Rebound(rise, points[low_i][0], points[i][0], ys[low_i], noise)
     return best
+
+
+def point_noise(points: list[tuple[float, float]]) -> float:
+    """Robust standard deviation of single points around the curve, from the differences between
+    neighbours (a smooth trend barely moves from one point to the next, so no model of it is needed)."""
+    diffs = [abs(b[1] - a[1]) for a, b in zip(points, points[1:])]
+    return 1.4826 * statistics.median(diffs) / math.sqrt(2) if diffs else 0.0
 
 
 def oscillation(points: list[tuple[float, float]]) -> float:

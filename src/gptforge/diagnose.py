@@ -296,7 +296,8 @@ def _plateau(f: dict) -> Finding | None:
 
 def _lr_too_high(f: dict, run: RunLog, cfg: dict) -> Finding | None:
     rb, spikes, osc = f["rebound"], f["spikes_after_warmup"], f["oscillation"]
-    climbed = rb is not None and rb.rise > max(0.1, 0.03 * rb.min_value)
+    # a climb five times the smoothed curve's noise is no longer batch-to-batch chance
+    climbed = rb is not None and rb.rise > max(0.1, 0.03 * rb.min_value, 5 * rb.noise)
     shaky = osc > 0.05
     if not (spikes >= 3 or climbed or (shaky and spikes >= 1)):
         return None
