@@ -83,7 +83,7 @@ class Float32Muon(torch.optim.Muon):
                 update = param.grad.lerp(buf, momentum) if group["nesterov"] else buf
                 update = orthogonalize(update, group["ns_coefficients"], group["ns_steps"], group["eps"])
                 param.mul_(1 - lr * weight_decay)
-                param.add_(update, alpha=-lr * muon_lr_ratio(group["adjust_lr_fn"], param.shape))
+                param.add_(update, alpha=-lr * muon_lr_ratio(group.get("adjust_lr_fn"), param.shape))
         return loss
 
 
