@@ -60,16 +60,21 @@ def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.opti
     return opt
 
 
+def _closure_loss(closure) -> torch.Tensor | None:
+    """torch.optim's closure convention: re-evaluate the loss with gradients on, if asked to."""
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        return closure()
+
+
 class Float32Muon(torch.optim.Muon):
     """torch.optim.Muon with its Newton-Schulz iteration in fp32: torch's constructor, defaults, update
     rule and state ("momentum_buffer"), so checkpoints move between CPU and CUDA runs."""
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         for group in self.param_groups:
             lr, momentum, weight_decay = group["lr"], group["momentum"], group["weight_decay"]
             for param in group["params"]:
@@ -134,10 +139,7 @@ class MuonAdamW:
 
     @torch.no_grad()
     def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
+        loss = _closure_loss(closure)
         self.muon.step()
         self.adamw.step()
         return loss
