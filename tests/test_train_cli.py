@@ -64,3 +64,16 @@ def test_resume_reports_what_changed(tmp_path, capsys, char_data):
     train(tiny_config(char_data, run, max_iters=3, init_from="resume", learning_rate=1e-3))
     out = capsys.readouterr().out
     assert "changed: learning_rate: 0.003 -> 0.001; max_iters: 2 -> 3" in out
+
+
+def test_the_shipped_cpu_config_trains_from_the_command_line(tmp_path, capsys, char_data):
+    """configs/shakespeare_char_cpu.toml (the CPU benchmark's recipe) runs as its header says, Muon included."""
+    from pathlib import Path
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "shakespeare_char_cpu.toml"
+    run = tmp_path / "sc_cpu"
+    assert main(["train", str(config), f"--data={char_data}", f"--out={run}", "--max_iters=3"]) == 0
+    out = capsys.readouterr().out
+    assert "done: max_iters at step 3" in out
+    saved = (run / "config.toml").read_text()
+    assert 'optimizer = "muon"' in saved and "muon_lr = 0.04" in saved and "max_iters = 3" in saved
