@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from gptforge.config import build_config, read_toml
-from gptforge.evaluate import evaluate_run
-from gptforge.prepare import prepare
-from gptforge.train import train
+from gptforge.analysis.evaluate import evaluate_run
+from gptforge.data.prepare import prepare
+from gptforge.train.loop import train
 
 TEXT = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 BASELINE_SECONDS, TARGET = 85.9, 1.886

@@ -71,7 +71,7 @@ def run_prepare(files: list[Path], data_dir: Path, workers: int) -> tuple[float,
 
 def run_ceiling(files: list[Path], workers: int) -> tuple[float, int]:
     """Seconds spent inside encode_ordinary_batch over the same documents, and the tokens it made."""
-    from gptforge.tokenizer import gpt2_tokenizer
+    from gptforge.data.tokenizers import gpt2_tokenizer
 
     enc = gpt2_tokenizer().enc
     seconds, tokens = 0.0, 0

@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from gptforge.sources import SourceOptions
-from gptforge.sources.wikipedia import WikipediaSource
+from gptforge.data.sources import SourceOptions
+from gptforge.data.sources.wikipedia import WikipediaSource
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO.parent / "shared" / "data" / "enwiki-sample-pages-articles.xml.bz2"

@@ -32,7 +32,7 @@ def tiny_text(n_lines: int = 1500, seed: int = 0) -> str:
 
 
 def make_char_data(directory: Path, text: str | None = None, name: str = "corpus.txt") -> Path:
-    from gptforge.prepare import prepare
+    from gptforge.data.prepare import prepare
 
     directory.mkdir(parents=True, exist_ok=True)
     src = directory / name
@@ -66,7 +66,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(char_data, tmp_path_factory) -> Path:
     """A finished tiny run (6 steps) on char_data, for sample/eval tests; read-only."""
-    from gptforge.train import train
+    from gptforge.train.loop import train
 
     run = tmp_path_factory.mktemp("tinyrun") / "run"
     train(tiny_config(char_data, run, max_iters=6, dropout=0.0))

@@ -17,22 +17,22 @@ import time
 
 import torch
 
-import gptforge.train
+import gptforge.train.loop
 from gptforge.cli import main
-from gptforge.model import GPT
+from gptforge.model.gpt import GPT
 
 rank = int(os.environ.get("RANK", 0))
 captured = {}
 
 
 def _capture_model():
-    real = gptforge.train.build_optimizer
+    real = gptforge.train.loop.build_optimizer
 
     def build_optimizer(model, *args, **kwargs):
         captured["model"] = model
         return real(model, *args, **kwargs)
 
-    gptforge.train.build_optimizer = build_optimizer
+    gptforge.train.loop.build_optimizer = build_optimizer
 
 
 def _inject_faults(spec: str, accum: int):

@@ -1,6 +1,6 @@
 import pytest
 
-from gptforge.bench import bench
+from gptforge.analysis.bench import bench
 from gptforge.config import load_config
 from gptforge.errors import UserError
 

@@ -12,7 +12,7 @@ import textwrap
 import pytest
 import torch
 
-from gptforge import checkpoint as ck
+from gptforge.train import checkpoint as ck
 from gptforge.errors import UserError
 
 
@@ -142,7 +142,7 @@ def test_process_killed_during_save_leaves_previous_loadable(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal, sys, torch
         sys.path.insert(0, {str(tmp_path)!r})
-        from gptforge import checkpoint as ck
+        from gptforge.train import checkpoint as ck
         sys.path.insert(0, {str(__file__.rsplit('/', 1)[0])!r})
         from test_checkpoint import save
         save({str(tmp_path)!r}, 1)

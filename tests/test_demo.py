@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gptforge.demo import markdown_to_script, play_files
+from gptforge.commands.demo import markdown_to_script, play_files
 
 
 def test_the_38_plays_are_found():

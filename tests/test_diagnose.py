@@ -7,11 +7,11 @@ import math
 import pytest
 
 import synthetic_runs as runs
-from gptforge import curves
+from gptforge.analysis import curves
 from gptforge.cli import main
-from gptforge.diagnose import analyse, diagnose_command
+from gptforge.analysis.diagnose.facts import analyse, diagnose_command
 from gptforge.errors import UserError
-from gptforge.runlog import fold, parse_events, read_run
+from gptforge.analysis.runlog import fold, parse_events, read_run
 
 PROBLEMS = {"diverged", "overfitting", "lr_too_high", "data_limited", "plateau", "nan_skips", "unfinished",
             "throughput_unstable", "low_mfu", "eval_noise", "undertrained"}
@@ -146,7 +146,7 @@ def test_data_flag_counts_epochs_against_that_dataset(tmp_path, char_data):
 
 def test_a_short_real_run(tmp_path, char_data):
     from conftest import tiny_config
-    from gptforge.train import train
+    from gptforge.train.loop import train
 
     run_dir = tmp_path / "real"
     train(tiny_config(char_data, run_dir, max_iters=30, eval_interval=10, always_save_checkpoint=False))

@@ -26,7 +26,7 @@ from subproc import sigint_default
 
 from gptforge import cli
 from gptforge.errors import UserError
-from gptforge.sources import download as dl
+from gptforge.data import download as dl
 
 FAST = dl.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, timeout=5.0, chunk=4096)
 

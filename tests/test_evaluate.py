@@ -8,10 +8,10 @@ import torch
 
 from conftest import make_char_data
 from gptforge.cli import main
-from gptforge.evaluate import evaluate_run, token_byte_lengths
-from gptforge.loader import ValBatches, open_dataset
-from gptforge.sample import load_run
-from gptforge.tokenizer import CharTokenizer, gpt2_tokenizer
+from gptforge.analysis.evaluate import evaluate_run, token_byte_lengths
+from gptforge.train.loader import ValBatches, open_dataset
+from gptforge.commands.sample import load_run
+from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer
 
 
 def test_values_match_a_direct_computation(tiny_run, char_data):

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from gptforge.checkpoint import save_checkpoint
+from gptforge.train.checkpoint import save_checkpoint
 from gptforge.config import build_config
 from gptforge.errors import UserError
-from gptforge.export import export_command
-from gptforge.model import GPT
-from gptforge.tokenizer import CharTokenizer, gpt2_tokenizer, train_bpe
+from gptforge.interop.export import export_command
+from gptforge.model.gpt import GPT
+from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, train_bpe
 
 transformers = pytest.importorskip("transformers")
 
@@ -131,7 +131,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_an_export_that_would_load_wrong_is_not_written(tmp_path, monkeypatch):
-    import gptforge.export as export
+    import gptforge.interop.export as export
 
     run, _ = make_run(tmp_path, vocab_size=65)
     real = export.hf_state_from_gptforge

@@ -6,13 +6,13 @@ import json
 
 import pytest
 
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.cli import main
-from gptforge.demo import markdown_to_script
-from gptforge.diagnose import diagnose_command
-from gptforge.loader import TrainLoader, open_dataset
-from gptforge.plot import draw
-from gptforge.runlog import read_run
+from gptforge.commands.demo import markdown_to_script
+from gptforge.analysis.diagnose.facts import diagnose_command
+from gptforge.train.loader import TrainLoader, open_dataset
+from gptforge.analysis.plot import draw
+from gptforge.analysis.runlog import read_run
 from helpers_data import plays_dir
 
 T, BATCH, STEPS = 32, 8, 40

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from gptforge.errors import UserError
-from gptforge.hf import hf_state_from_gptforge, load_hf_gpt2
+from gptforge.interop.hf import hf_state_from_gptforge, load_hf_gpt2
 
 transformers = pytest.importorskip("transformers")
 

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from gptforge.errors import UserError
-from gptforge.loader import TrainLoader, ValBatches, open_dataset
-from gptforge.manifest import empty_manifest, load_manifest, save_manifest, shard_name
-from gptforge.shards import write_shard
+from gptforge.train.loader import TrainLoader, ValBatches, open_dataset
+from gptforge.data.manifest import empty_manifest, load_manifest, save_manifest, shard_name
+from gptforge.data.shards import write_shard
 
 T = 16  # block size used throughout
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.metrics import Console, MetricsLog, eval_line, iter_line, mfu, peak_flops
+from gptforge.train.events import Console, MetricsLog, eval_line, iter_line, mfu, peak_flops
 
 
 @pytest.mark.parametrize("name, flops", [

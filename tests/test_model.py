@@ -5,7 +5,7 @@ import torch
 
 from gptforge.config import ModelConfig
 from gptforge.errors import UserError
-from gptforge.model import GPT, ReLUSquared, apply_rotary, padded_vocab, rotary_tables, sample_token
+from gptforge.model.gpt import GPT, ReLUSquared, apply_rotary, padded_vocab, rotary_tables, sample_token
 
 ARCHS = ["gpt2", "modern"]
 
@@ -95,7 +95,7 @@ def test_ignore_index_and_mean():
 
 def test_chunked_bf16_loss_matches_plain():
     """The low-precision path upcasts logits chunk by chunk; it must equal a plain fp32 CE of them."""
-    import gptforge.model as model_module
+    import gptforge.model.gpt as model_module
 
     torch.manual_seed(0)
     model = randomised(GPT(tiny("modern", logit_softcap=5.0))).to(torch.bfloat16)

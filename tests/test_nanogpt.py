@@ -15,12 +15,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.config import load_config
 from gptforge.errors import UserError
-from gptforge.model import GPT
-from gptforge.nanogpt import import_nanogpt_command, read_meta_pkl
-from gptforge.optim import apply_lr, build_optimizer, lr_multiplier
+from gptforge.model.gpt import GPT
+from gptforge.interop.nanogpt import import_nanogpt_command, read_meta_pkl
+from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
 
 
 # ---- a copy of nanoGPT's model (karpathy/nanoGPT model.py), trimmed to what matters here ----------
@@ -308,8 +308,8 @@ def test_exact_gelu_difference_is_small(nanogpt_repo, tmp_path):
 
 
 def test_imported_run_samples_and_resumes(nanogpt_repo, tmp_path):
-    from gptforge.sample import sample_command
-    from gptforge.train import train
+    from gptforge.commands.sample import sample_command
+    from gptforge.train.loop import train
 
     # no --data: found next to out/ as nanoGPT lays it out, from the checkpoint's dataset name
     out = import_nanogpt_command(nanogpt_repo["ckpt"], tmp_path / "run")
@@ -325,7 +325,7 @@ def test_imported_run_samples_and_resumes(nanogpt_repo, tmp_path):
 
 
 def test_gpt2_vocab_checkpoint_without_data_samples(tmp_path):
-    from gptforge.sample import sample_command
+    from gptforge.commands.sample import sample_command
 
     args = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, bias=False, vocab_size=50304, dropout=0.0)
     model = NanoGPT(args)

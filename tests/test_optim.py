@@ -9,8 +9,8 @@ import torch
 
 from gptforge.config import ModelConfig, OptimConfig
 from gptforge.errors import UserError
-from gptforge.model import GPT
-from gptforge.optim import Float32Muon, MuonAdamW, apply_lr, build_optimizer, is_hidden_matrix, lr_multiplier
+from gptforge.model.gpt import GPT
+from gptforge.train.optim import Float32Muon, MuonAdamW, apply_lr, build_optimizer, is_hidden_matrix, lr_multiplier
 
 
 def tiny_model(arch="gpt2", seed=0):

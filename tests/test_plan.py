@@ -8,9 +8,9 @@ import pytest
 from gptforge.cli import main
 from gptforge.config import ModelConfig, build_config
 from gptforge.errors import UserError
-from gptforge.gpus import find_gpu
-from gptforge.model import GPT
-from gptforge.plan import (FINEWEB_SHARD_CHARS, batch_splits, download_need, flops_per_token, make_plan,
+from gptforge.analysis.gpus import find_gpu
+from gptforge.model.gpt import GPT
+from gptforge.analysis.plan.sizing import (FINEWEB_SHARD_CHARS, batch_splits, download_need, flops_per_token, make_plan,
                            memory_estimate, param_counts)
 
 CONFIGS = [

@@ -7,8 +7,8 @@ import pytest
 import synthetic_runs as runs
 from gptforge.cli import main
 from gptforge.errors import UserError
-from gptforge.plot import draw, loss_limits, plot_command, unique_labels
-from gptforge.runlog import read_run
+from gptforge.analysis.plot import draw, loss_limits, plot_command, unique_labels
+from gptforge.analysis.runlog import read_run
 
 
 def png_size(path):

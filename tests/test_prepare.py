@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.manifest import listed_shards, load_manifest
-from gptforge.prepare import in_val, prepare, safe_pieces
-from gptforge.shards import open_shard
-from gptforge.tokenizer import gpt2_tokenizer
+from gptforge.data.manifest import listed_shards, load_manifest
+from gptforge.data.prepare import in_val, prepare, safe_pieces
+from gptforge.data.shards import open_shard
+from gptforge.data.tokenizers import gpt2_tokenizer
 from helpers_data import play_texts, tree_digest, write_parquet
 from subproc import sigint_default
 
@@ -79,7 +79,7 @@ def test_tail_split_keeps_the_first_90_percent_for_training(tmp_path):
     (tmp_path / "input.txt").write_text(text)
     prepare([str(tmp_path / "input.txt")], tmp_path / "data", tokenizer="char", split="tail", val_fraction=0.1)
     m = load_manifest(tmp_path / "data")
-    from gptforge.tokenizer import load_tokenizer
+    from gptforge.data.tokenizers import load_tokenizer
 
     tok = load_tokenizer(tmp_path / "data" / "tokenizer")
     full = np.concatenate([[tok.eot_id], tok.encode(text)])
@@ -130,7 +130,7 @@ def test_bad_inputs_leave_data_dir_exactly_as_it_was(tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("   \n")
     tok_dir = tmp_path / "tok"
-    from gptforge.tokenizer import train_bpe
+    from gptforge.data.tokenizers import train_bpe
 
     train_bpe(play_texts(2, 5000), 300, tok_dir)
     cases = [
@@ -201,8 +201,8 @@ def test_safe_pieces_tokenize_exactly_like_the_whole_text():
 def _interrupted_run(tmp_path, data, srcs, kill_after_shards, sig):
     script = textwrap.dedent(f"""
         import os, signal
-        from gptforge import streams
-        from gptforge.prepare import prepare
+        from gptforge.data import shard_streams as streams
+        from gptforge.data.prepare import prepare
         closed = 0
         real = streams.ShardSequence._close_current
         def close_then_die(self):
@@ -231,7 +231,7 @@ def test_interrupted_prepare_keeps_the_old_dataset_and_a_rerun_finishes_without_
     assert result.returncode != 0
     assert (data / "manifest.json").read_bytes() == before_manifest
     assert stream(data, "train").tolist() == before_train.tolist()  # the manifest's shards are intact
-    from gptforge.inspect import verify_dataset
+    from gptforge.commands.inspection import verify_dataset
 
     assert verify_dataset(data, load_manifest(data)) == []
     prepare([str(p) for p in [first, *more]], data)  # the rerun redoes the unfinished part

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.shards import HEADER_BYTES, MAGIC, ShardWriter, open_shard, write_shard
+from gptforge.data.shards import HEADER_BYTES, MAGIC, ShardWriter, open_shard, write_shard
 
 
 def test_round_trip_uint16_and_uint32(tmp_path):

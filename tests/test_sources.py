@@ -3,7 +3,7 @@ import json
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.sources import SourceOptions, expand_paths, open_sources
+from gptforge.data.sources import SourceOptions, expand_paths, open_sources
 from helpers_data import write_parquet
 
 

@@ -3,7 +3,7 @@ import os
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.tokenizer import CharTokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
+from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
 from helpers_data import play_texts
 
 
@@ -28,7 +28,7 @@ def test_gpt2_load_copies_nothing_to_tmp(tmp_path, monkeypatch):
         return real(blobpath, expected_hash)
 
     monkeypatch.setattr(tiktoken.load, "read_file_cached", spy)
-    import gptforge.tokenizer as t
+    import gptforge.data.tokenizers as t
 
     monkeypatch.setattr(t, "_GPT2", None)
     t.gpt2_tokenizer()

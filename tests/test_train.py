@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from conftest import make_char_data, tiny_config, tiny_text
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.config import load_config
 from gptforge.errors import UserError
-from gptforge.model import GPT
-from gptforge.train import train
+from gptforge.model.gpt import GPT
+from gptforge.train.loop import train
 
 FIXED = dict(lr_decay_iters=40)
 
@@ -133,7 +133,7 @@ def test_budget_from_tokens_per_param(tmp_path, char_data, capsys):
 
 
 def test_grown_dataset_is_used_after_resume_and_logged(tmp_path):
-    from gptforge.prepare import prepare
+    from gptforge.data.prepare import prepare
 
     data = make_char_data(tmp_path, tiny_text(400, seed=1))
     run = tmp_path / "run"
@@ -149,8 +149,8 @@ def test_grown_dataset_is_used_after_resume_and_logged(tmp_path):
 
 def test_resume_of_a_checkpoint_without_data_position_starts_a_fresh_order(tmp_path, char_data, capsys):
     """An imported nanoGPT run stores "loader": None: resuming it starts the data order afresh and says so."""
-    from gptforge.checkpoint import save_checkpoint
-    from gptforge.loader import TrainLoader, open_dataset
+    from gptforge.train.checkpoint import save_checkpoint
+    from gptforge.train.loader import TrainLoader, open_dataset
 
     run = tmp_path / "run"
     train(tiny_config(char_data, run, max_iters=2, **FIXED))

@@ -56,7 +56,7 @@ def test_resume_errors(tmp_path, capsys, char_data):
 
 
 def test_resume_reports_what_changed(tmp_path, capsys, char_data):
-    from gptforge.train import train
+    from gptforge.train.loop import train
 
     run = tmp_path / "run"
     train(tiny_config(char_data, run, max_iters=2))

@@ -29,8 +29,8 @@ from subproc import sigint_default
 import torch
 
 from conftest import tiny_config
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
-from gptforge.train import train
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.train.loop import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # dropout 0: with dropout, the ranks draw other masks than one process does (same data, other noise)
@@ -162,7 +162,7 @@ def test_one_process_checkpoint_resumes_in_two_fsdp_processes_and_samples_in_one
     assert saved["state"]["world_size"] == 2
     assert saved["optimizer"]["state"].keys() == load_checkpoint(step_dir(one_process, 8))["optimizer"]["state"].keys()
     # the sharded run's checkpoint is an ordinary one: one process samples from it and continues it
-    from gptforge.sample import sample_command
+    from gptforge.commands.sample import sample_command
 
     texts = sample_command(str(run), prompt="the cat", max_new_tokens=12, temperature=0.0, top_k=None, device="cpu",
                            out=io.StringIO())
@@ -270,7 +270,7 @@ def test_a_rank_stuck_outside_the_collectives_times_the_others_out(tmp_path, cha
 
 
 def test_fsdp_refuses_what_it_cannot_shard_and_one_process_has_nothing_to_shard(monkeypatch):
-    from gptforge import dist, parallel
+    from gptforge.train import dist, parallel
     from gptforge.errors import UserError
 
     assert parallel.use_fsdp(True, 1, "muon", torch.float16) is False  # one process: trains unsharded

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from conftest import make_char_data, tiny_config, tiny_text
-from gptforge.checkpoint import latest_checkpoint, load_checkpoint
-from gptforge.train import train
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
+from gptforge.train.loop import train
 
 # the schedule must not depend on where a run stops, so decay is pinned to a fixed length
 BASE = dict(lr_decay_iters=40, max_iters=12)
@@ -67,7 +67,7 @@ def test_resume_in_fresh_process_is_bitwise_identical(tmp_path, char_data, where
     else:
         # 56 train blocks of 16 tokens at 8 blocks per step: step 7 ends epoch 0 exactly
         data, half = make_char_data(tmp_path / "small", tiny_text(n_lines=41, seed=0)), 7
-        from gptforge.loader import open_dataset
+        from gptforge.train.loader import open_dataset
         assert (open_dataset(data).train_tokens - 1) // 16 == 56
     steps = 2 * half
     train(tiny_config(data, tmp_path / "continuous", **{**BASE, "max_iters": steps}))
@@ -107,7 +107,7 @@ def test_sigterm_finishes_the_step_saves_and_resumes_exactly(tmp_path, char_data
 
 
 def test_learning_rate_may_change_on_resume_and_follows_the_same_schedule(tmp_path, char_data):
-    from gptforge.optim import lr_multiplier
+    from gptforge.train.optim import lr_multiplier
 
     run = tmp_path / "run"
     train(tiny_config(char_data, run, **{**BASE, "max_iters": 4}))

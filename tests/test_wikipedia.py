@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import gptforge.sources.wikipedia as wikipedia
+import gptforge.data.sources.wikipedia as wikipedia
 from gptforge.errors import UserError
-from gptforge.sources import SourceOptions, open_sources
-from gptforge.sources.wikipedia import WikipediaSource
+from gptforge.data.sources import SourceOptions, open_sources
+from gptforge.data.sources.wikipedia import WikipediaSource
 
 WIKI = Path(__file__).parent / "data" / "wiki"
 ALPHA = (
@@ -246,7 +246,7 @@ def _dump_part(xml: bytes, first: int, last: int) -> bytes:
 def test_prepare_appends_dump_parts_and_a_damaged_part_adds_nothing(tmp_path):
     from helpers_data import tree_digest
 
-    from gptforge.prepare import prepare
+    from gptforge.data.prepare import prepare
 
     xml = many_pages_dump(200)
     part1, part2, part3 = (tmp_path / f"wiki-articles{i}.xml.bz2" for i in (1, 2, 3))

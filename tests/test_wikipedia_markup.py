@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gptforge.sources.wikitext import WikiNames, clean, strip_tables, strip_templates
+from gptforge.data.sources.wikitext import WikiNames, clean, strip_tables, strip_templates
 
 
 @pytest.mark.parametrize(

@@ -10,8 +10,8 @@ from gptforge.errors import UserError
 
 
 def _prepare(a):
-    from gptforge.prepare import prepare
-    from gptforge.sources import SourceOptions
+    from gptforge.data.prepare import prepare
+    from gptforge.data.sources import SourceOptions
 
     options = SourceOptions(text_column=a.text_column, doc_separator=_unescape(a.doc_separator), keep_partial=a.keep_partial)
     prepare(a.sources, a.out, tokenizer=a.tokenizer, val_fraction=a.val_fraction, split=a.split,
@@ -19,84 +19,84 @@ def _prepare(a):
 
 
 def _tokenizer_train(a):
-    from gptforge.prepare import train_tokenizer
+    from gptforge.data.prepare import train_tokenizer
 
     train_tokenizer(a.sources, a.out, vocab_size=a.vocab_size, max_chars=a.max_chars, options=_source_options(a))
 
 
 def _download(a):
-    from gptforge.sources.download import download
+    from gptforge.data.download import download
 
     download(a.name, a.out, shards=a.shards, workers=a.workers, mirror=a.mirror, start=a.start)
 
 
 def _train(a):
     from gptforge.config import load_config
-    from gptforge.train import train
+    from gptforge.train.loop import train
 
     train(load_config(a.config, a.overrides))
 
 
 def _sample(a):
-    from gptforge.sample import sample_command
+    from gptforge.commands.sample import sample_command
 
     sample_command(a.run_dir, prompt=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
                    temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, device=a.device)
 
 
 def _eval(a):
-    from gptforge.evaluate import eval_command
+    from gptforge.analysis.evaluate import eval_command
 
     eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches)
 
 
 def _diagnose(a):
-    from gptforge.diagnose import diagnose_command
+    from gptforge.analysis.diagnose.facts import diagnose_command
 
     diagnose_command(a.run_dir, data=a.data)
 
 
 def _plan(a):
     from gptforge.config import load_config
-    from gptforge.plan import plan_command
+    from gptforge.analysis.plan.sizing import plan_command
 
     plan_command(load_config(a.config, a.overrides), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
                  mfu=a.mfu, processes=a.processes, config_path=a.config)
 
 
 def _plot(a):
-    from gptforge.plot import plot_command
+    from gptforge.analysis.plot import plot_command
 
     plot_command(a.run_dirs, a.out, log_scale=a.log)
 
 
 def _inspect(a):
-    from gptforge.inspect import inspect_command
+    from gptforge.commands.inspection import inspect_command
 
     return inspect_command(a.path)
 
 
 def _export(a):
-    from gptforge.export import export_command
+    from gptforge.interop.export import export_command
 
     export_command(a.run_dir, fmt=a.format, out=a.out)
 
 
 def _import_nanogpt(a):
-    from gptforge.nanogpt import import_nanogpt_command
+    from gptforge.interop.nanogpt import import_nanogpt_command
 
     import_nanogpt_command(a.checkpoint, a.out, data=a.data)
 
 
 def _bench(a):
-    from gptforge.bench import bench_command
+    from gptforge.analysis.bench import bench_command
     from gptforge.config import load_config
 
     bench_command(load_config(a.config, a.overrides), steps=a.steps, warmup=a.warmup)
 
 
 def _demo(a):
-    from gptforge.demo import run_demo
+    from gptforge.commands.demo import run_demo
 
     run_demo(out=a.out, seconds=a.seconds)
 
@@ -107,7 +107,7 @@ def _unescape(text: str | None) -> str | None:
 
 
 def _source_options(a):
-    from gptforge.sources import SourceOptions
+    from gptforge.data.sources import SourceOptions
 
     return SourceOptions(text_column=a.text_column, doc_separator=_unescape(a.doc_separator),
                          keep_partial=getattr(a, "keep_partial", False))

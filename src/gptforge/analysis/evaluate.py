@@ -1,0 +1,72 @@
+"""`gptforge eval RUN_DIR`: val loss, perplexity and bits per byte of a run's latest checkpoint.
+
+Bits per byte = total nats over the evaluated targets / their UTF-8 bytes / ln 2: it does not depend on
+the tokenizer, so a character-level run and a BPE run on the same text compare directly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from gptforge.train import dist
+from gptforge.errors import UserError
+from gptforge.train.loader import ValBatches, open_dataset
+from gptforge.commands.sample import autocast_for, load_run
+from gptforge.data.tokenizers import CharTokenizer
+
+
+def token_byte_lengths(tokenizer) -> np.ndarray:
+    """UTF-8 bytes each token id stands for (end-of-text is a separator, not text: 0)."""
+    if isinstance(tokenizer, CharTokenizer):
+        lengths = [len(c.encode("utf-8")) for c in tokenizer.chars] + [0]
+    else:
+        enc = tokenizer.enc
+        lengths = []
+        for i in range(tokenizer.vocab_size):
+            try:
+                lengths.append(len(enc.decode_single_token_bytes(i)))
+            except KeyError:  # an id with no bytes (special tokens)
+                lengths.append(0)
+        lengths[tokenizer.eot_id] = 0
+    return np.asarray(lengths, dtype=np.int64)
+
+
+def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = None) -> dict:
+    dev = dist.resolve_device(device)
+    model, tokenizer, state = load_run(run_dir, dev)
+    data = data or state["config"].get("data")
+    if not data:
+        raise UserError(f"{run_dir}: the run does not name its data; pass --data DATA_DIR")
+    dataset = open_dataset(data)
+    saved_tok = state.get("tokenizer") or {}
+    if dataset.tokenizer_identity and saved_tok and dataset.tokenizer_identity.get("hash") != saved_tok.get("hash"):
+        raise UserError(f"{data} was tokenized with {dataset.tokenizer_identity.get('name')}, but the run was trained "
+                        f"with {saved_tok.get('name')}; evaluate it on data prepared with the run's tokenizer")
+    if max_batches is not None and max_batches < 1:
+        raise UserError(f"--batches must be at least 1, got {max_batches}")
+    byte_len = token_byte_lengths(tokenizer) if tokenizer is not None else None
+    batch_size = int(state["config"].get("batch_size") or 8)
+    batches = ValBatches(dataset, batch_size, model.cfg.block_size, max_batches)
+    nats, tokens, n_bytes = 0.0, 0, 0
+    with torch.no_grad(), autocast_for(dev):
+        for x, y in batches:
+            _, loss = model(x.to(dev), y.to(dev))
+            nats += loss.item() * y.numel()
+            tokens += y.numel()
+            if byte_len is not None:
+                n_bytes += int(byte_len[y.numpy()].sum())
+    loss = nats / tokens
+    return {"val_loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "bytes": n_bytes, "batches": len(batches),
+            "bits_per_byte": nats / n_bytes / math.log(2) if n_bytes else None, "step": state["step"], "data": str(data)}
+
+
+def eval_command(run_dir, data=None, device="auto", max_batches=None) -> dict:
+    r = evaluate_run(run_dir, data=data, device=device, max_batches=max_batches)
+    bpb = f"{r['bits_per_byte']:.4f}" if r["bits_per_byte"] is not None else "n/a (no tokenizer in the run)"
+    print(f"{run_dir} at step {r['step']} on {r['data']} ({r['batches']} batches, {r['tokens']:,} tokens, "
+          f"{r['bytes']:,} bytes of text)")
+    print(f"val loss {r['val_loss']:.4f}, perplexity {r['perplexity']:.2f}, bits per byte {bpb}")
+    return r

@@ -1,0 +1,155 @@
+"""`gptforge plot`: loss curves (against steps and tokens), learning rate and throughput of one or more
+runs, overlaid with a legend. matplotlib's Agg backend (no display needed); the image is written atomically.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from gptforge.analysis.curves import smooth, smoothing_span
+from gptforge.errors import UserError
+from gptforge.fmt import count
+from gptforge.fsutil import atomic_write_bytes
+from gptforge.analysis.runlog import RunLog, finite, read_run
+
+FORMATS = ("png", "svg", "pdf")
+
+
+def loss_limits(values: list[float]) -> tuple[float, float] | None:
+    """Y limits that keep the first steps' high losses from flattening the rest of the curve."""
+    vals = sorted(v for v in values if finite(v))
+    if len(vals) < 5:
+        return None
+    lo, hi = vals[0], vals[-1]
+    high = vals[int(0.95 * (len(vals) - 1))]
+    if hi - lo > 3 * (high - lo) > 0:
+        hi = high + 0.5 * (high - lo)
+    pad = 0.03 * (hi - lo or 1.0)
+    return lo - pad, hi + pad
+
+
+def _series(events: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
+    pairs = [(e[x], e[y]) for e in events if finite(e.get(x)) and finite(e.get(y))]
+    return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+def unique_labels(runs: list[RunLog]) -> list[str]:
+    """Run directory names, with as much of the path as it takes to tell them apart."""
+    for depth in range(1, 6):
+        labels = ["/".join(r.run_dir.resolve().parts[-depth:]) for r in runs]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(r.run_dir) for r in runs]
+
+
+def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
+    """A matplotlib Figure of the runs: loss vs step, loss vs tokens, learning rate, tokens/s."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter
+
+    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
+    (ax_step, ax_tok), (ax_lr, ax_speed) = axes
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    all_losses = []
+    labels = unique_labels(runs)
+    for i, run in enumerate(runs):
+        color = colors[i % len(colors)]
+        name = labels[i] if len(runs) > 1 else ""
+        prefix = f"{name}: " if name else ""
+        for ax, x in ((ax_step, "step"), (ax_tok, "tokens")):
+            xs, ys = _series(run.logs, x, "loss")
+            if xs:
+                ax.plot(xs, ys, color=color, alpha=0.25, linewidth=0.8)
+                ax.plot(xs, smooth(ys, smoothing_span(len(ys))), color=color, linewidth=1.6,
+                        label=f"{prefix}train (smoothed)")
+            vx, vy = _series(run.evals, x, "val_loss")
+            if vx:
+                ax.plot(vx, vy, color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.4,
+                        label=f"{prefix}val")
+            all_losses += ys + vy
+            for j, e in enumerate(run.data_grew):  # where a resume took in new shards
+                at = e["step"] if x == "step" else run.tokens_at(e["step"])
+                ax.axvline(at, color=color, alpha=0.7, linewidth=1.2, linestyle="-.",
+                           label=f"{prefix}data grew" if j == 0 else None)
+                ax.annotate(f" v{e.get('version')}: {count(e['old_train_tokens'])} -> {count(e['new_train_tokens'])} "
+                            "train tokens", (at, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
+                            fontsize=7, color=color)
+            if x == "step":  # where the trainer reported spikes (dotted) and skipped non-finite losses (red)
+                for e in run.spikes:
+                    ax.axvline(e["step"], color=color, alpha=0.3, linewidth=0.8, linestyle=":")
+                for j, e in enumerate(run.nan_skips):
+                    ax.axvline(e["step"], color="red", alpha=0.5, linewidth=0.8,
+                               label=f"{prefix}non-finite loss skipped" if j == 0 else None)
+        xs, ys = _series(run.logs, "step", "lr")
+        if xs:
+            ax_lr.plot(xs, ys, color=color, linewidth=1.5, label=name or "learning rate")
+        xs, ys = _series(run.logs, "step", "tok_per_s")
+        if xs:
+            ax_speed.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
+            ax_speed.plot(xs, smooth(ys, smoothing_span(len(ys))), color=color, linewidth=1.5, label=name or "tokens/s")
+
+    tokens_fmt = FuncFormatter(lambda v, _: count(v) if v else "0")
+    for ax, xlabel, ttl in ((ax_step, "step", "loss vs step"), (ax_tok, "tokens seen", "loss vs tokens")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("cross-entropy loss (nats/token)")
+        ax.set_title(ttl)
+        if log_scale:
+            ax.set_yscale("log")
+        else:
+            limits = loss_limits(all_losses)
+            if limits:
+                ax.set_ylim(*limits)
+        ax.grid(True, alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    ax_tok.xaxis.set_major_formatter(tokens_fmt)
+    ax_lr.set_title("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
+    ax_speed.set_title("throughput")
+    ax_speed.set_xlabel("step")
+    ax_speed.set_ylabel("tokens / second")
+    ax_speed.yaxis.set_major_formatter(tokens_fmt)
+    for ax in (ax_lr, ax_speed):
+        ax.grid(True, alpha=0.3)
+        if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title or (f"run {labels[0]}" if len(runs) == 1 else f"{len(runs)} runs"), fontsize=13)
+    return fig
+
+
+def save_figure(fig, out: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fmt = out.suffix.lower().lstrip(".")
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buffer.getvalue())
+    return out
+
+
+def plot_runs(runs: list[RunLog], out: str | Path, log_scale: bool = False, title: str | None = None) -> Path:
+    out = Path(out)
+    if out.suffix.lower().lstrip(".") not in FORMATS:
+        raise UserError(f"--out {out}: the file name must end in {', '.join('.' + f for f in FORMATS)}")
+    if not any(r.logs or r.evals for r in runs):
+        raise UserError("nothing to plot: " + ", ".join(str(r.run_dir) for r in runs) +
+                        " logged no loss yet (no log or eval events in metrics.jsonl)")
+    return save_figure(draw(runs, log_scale, title), out)
+
+
+def plot_command(run_dirs, out, log_scale=False) -> Path:
+    runs = [read_run(d) for d in run_dirs]
+    path = plot_runs(runs, out, log_scale)
+    print(f"wrote {path} ({', '.join(unique_labels(runs))})")
+    return path

@@ -1,0 +1,1 @@
+"""Commands that use several stages at once: sample, inspect, demo."""

@@ -1,0 +1,88 @@
+"""`gptforge inspect DATA_DIR|RUN_DIR`: a summary, and a full verification of what is on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gptforge.errors import UserError
+from gptforge.data.manifest import MANIFEST, listed_shards, load_manifest, orphan_files
+from gptforge.data.shards import NANOGPT_NAMES, open_shard
+
+
+def verify_dataset(data_dir: Path, manifest: dict) -> list[str]:
+    """Problems found in the shards the manifest lists (empty list: all good)."""
+    problems = []
+    vocab = int(manifest["tokenizer"]["vocab_size"])
+    for split in ("train", "val"):
+        counted = 0
+        for path, tokens in listed_shards(data_dir, manifest, split):
+            try:
+                arr = open_shard(path, vocab_size=vocab, check_ids=True)
+            except UserError as e:
+                problems.append(str(e))
+                continue
+            if len(arr) != tokens:
+                problems.append(f"shard {path}: holds {len(arr):,} tokens but the manifest says {tokens:,}")
+            counted += len(arr)
+        expected = manifest["totals"][f"{split}_tokens"]
+        if not problems and counted != expected:
+            problems.append(f"{split} shards hold {counted:,} tokens but the manifest totals say {expected:,}")
+    return problems
+
+
+def _inspect_dataset(data_dir: Path) -> int:
+    manifest = load_manifest(data_dir)
+    tok, totals = manifest["tokenizer"], manifest["totals"]
+    print(f"dataset {data_dir}")
+    print(f"  tokenizer {tok['name']} (vocab {tok['vocab_size']:,}, end-of-text id {tok['eot_id']})")
+    print(f"  split {manifest['split']['rule']}, val fraction {manifest['split']['val_fraction']}")
+    print(f"  {totals['sources']} sources, {totals['documents']:,} documents, {totals['characters']:,} characters, "
+          f"{totals['tokens']:,} tokens ({totals['characters'] / max(totals['tokens'], 1):.2f} chars/token)")
+    print(f"  train {totals['train_tokens']:,} tokens in {len(manifest['shards']['train'])} shards; "
+          f"val {totals['val_tokens']:,} tokens in {len(manifest['shards']['val'])} shards")
+    for v in manifest.get("versions", []):
+        print(f"  version {v['version']} ({v['added']}): +{len(v['sources'])} sources -> {v['train_tokens']:,} train tokens")
+    leftovers = orphan_files(data_dir, manifest)
+    if leftovers:
+        print(f"  {len(leftovers)} file(s) from an interrupted prepare are not part of the dataset "
+              f"(the next prepare removes them): {', '.join(p.name for p in leftovers[:5])}")
+    problems = verify_dataset(data_dir, manifest)
+    for line in problems:
+        print(f"  BAD: {line}")
+    if problems:
+        raise UserError(f"dataset {data_dir}: {len(problems)} problem(s) found (listed above)")
+    print(f"  verified: every shard's header, size and token ids (< {tok['vocab_size']:,}) are good")
+    return 0
+
+
+def _inspect_nanogpt(data_dir: Path) -> int:
+    print(f"nanoGPT data folder {data_dir}")
+    for name in NANOGPT_NAMES:
+        path = data_dir / name
+        if path.exists():
+            arr = open_shard(path)
+            print(f"  {name}: {len(arr):,} uint16 tokens, largest id {int(arr.max()) if len(arr) else 0}")
+    return 0
+
+
+def inspect_command(path: str) -> int:
+    target = Path(path)
+    if not target.exists():
+        raise UserError(f"{path} does not exist")
+    if target.is_file():
+        arr = open_shard(target)
+        print(f"shard {target}: {len(arr):,} tokens ({arr.dtype}), largest id {int(arr.max())}")
+        return 0
+    if (target / MANIFEST).exists():
+        return _inspect_dataset(target)
+    if (target / "checkpoints").is_dir() or (target / "metrics.jsonl").exists() or (target / "config.toml").exists():
+        from gptforge.train.checkpoint import verify_run
+
+        lines = verify_run(target)
+        print(f"run {target}")
+        for line in lines:
+            print(f"  {line}")
+        return 0
+    if any((target / n).exists() for n in NANOGPT_NAMES):
+        return _inspect_nanogpt(target)
+    raise UserError(f"{path} is neither a gptforge DATA_DIR (no {MANIFEST}) nor a run directory (no checkpoints/)")
