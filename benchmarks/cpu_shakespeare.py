@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from gptforge.config import build_config, read_toml
 from gptforge.analysis.evaluate import evaluate_run
+from gptforge.config import build_config, read_toml
 from gptforge.data.prepare import prepare
 from gptforge.train.loop import train
 

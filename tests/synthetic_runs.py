@@ -9,9 +9,9 @@ import math
 import random
 from pathlib import Path
 
+from gptforge.analysis.plan.sizing import param_counts
 from gptforge.config import build_config, to_toml
 from gptforge.train.optim import lr_multiplier
-from gptforge.analysis.plan.sizing import param_counts
 
 
 def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, val, eval_noise: float = 0.003,

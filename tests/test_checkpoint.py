@@ -12,8 +12,8 @@ import textwrap
 import pytest
 import torch
 
-from gptforge.train import checkpoint as ck
 from gptforge.errors import UserError
+from gptforge.train import checkpoint as ck
 
 
 def tied_model_state():

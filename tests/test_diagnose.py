@@ -5,13 +5,14 @@ import json
 import math
 
 import pytest
-
 import synthetic_runs as runs
+
 from gptforge.analysis import curves
-from gptforge.cli import main
-from gptforge.analysis.diagnose.facts import analyse, diagnose_command
-from gptforge.errors import UserError
+from gptforge.analysis.diagnose.facts import analyse
+from gptforge.analysis.diagnose.report import diagnose_command
 from gptforge.analysis.runlog import fold, parse_events, read_run
+from gptforge.cli import main
+from gptforge.errors import UserError
 
 PROBLEMS = {"diverged", "overfitting", "lr_too_high", "data_limited", "plateau", "nan_skips", "unfinished",
             "throughput_unstable", "low_mfu", "eval_noise", "undertrained"}
@@ -146,6 +147,7 @@ def test_data_flag_counts_epochs_against_that_dataset(tmp_path, char_data):
 
 def test_a_short_real_run(tmp_path, char_data):
     from conftest import tiny_config
+
     from gptforge.train.loop import train
 
     run_dir = tmp_path / "real"

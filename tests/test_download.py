@@ -21,12 +21,11 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-
 from subproc import sigint_default
 
 from gptforge import cli
-from gptforge.errors import UserError
 from gptforge.data import download as dl
+from gptforge.errors import UserError
 
 FAST = dl.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, timeout=5.0, chunk=4096)
 

@@ -5,12 +5,12 @@ import json
 import pytest
 import torch
 
-from gptforge.train.checkpoint import save_checkpoint
 from gptforge.config import build_config
+from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, train_bpe
 from gptforge.errors import UserError
 from gptforge.interop.export import export_command
 from gptforge.model.gpt import GPT
-from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, train_bpe
+from gptforge.train.checkpoint import save_checkpoint
 
 transformers = pytest.importorskip("transformers")
 

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from gptforge.errors import UserError
-from gptforge.train.loader import TrainLoader, ValBatches, open_dataset
+from gptforge.data.dataset import open_dataset
 from gptforge.data.manifest import empty_manifest, load_manifest, save_manifest, shard_name
 from gptforge.data.shards import write_shard
+from gptforge.errors import UserError
+from gptforge.train.loader import TrainLoader, ValBatches
 
 T = 16  # block size used throughout
 

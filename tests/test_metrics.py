@@ -8,7 +8,9 @@ import json
 import pytest
 
 from gptforge.errors import UserError
-from gptforge.train.events import Console, MetricsLog, eval_line, iter_line, mfu, peak_flops
+from gptforge.train.console import Console, eval_line, iter_line
+from gptforge.train.devices import mfu, peak_flops
+from gptforge.train.events import MetricsLog
 
 
 @pytest.mark.parametrize("name, flops", [

@@ -15,13 +15,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.config import load_config
+from gptforge.data.nanogpt_meta import read_meta_pkl
 from gptforge.errors import UserError
+from gptforge.interop.nanogpt import import_nanogpt_command
 from gptforge.model.gpt import GPT
-from gptforge.interop.nanogpt import import_nanogpt_command, read_meta_pkl
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
-
 
 # ---- a copy of nanoGPT's model (karpathy/nanoGPT model.py), trimmed to what matters here ----------
 

@@ -3,12 +3,12 @@
 import struct
 
 import pytest
-
 import synthetic_runs as runs
-from gptforge.cli import main
-from gptforge.errors import UserError
+
 from gptforge.analysis.plot import draw, loss_limits, plot_command, unique_labels
 from gptforge.analysis.runlog import read_run
+from gptforge.cli import main
+from gptforge.errors import UserError
 
 
 def png_size(path):

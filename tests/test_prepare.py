@@ -5,14 +5,14 @@ import textwrap
 
 import numpy as np
 import pytest
+from helpers_data import play_texts, tree_digest, write_parquet
+from subproc import sigint_default
 
-from gptforge.errors import UserError
 from gptforge.data.manifest import listed_shards, load_manifest
 from gptforge.data.prepare import in_val, prepare, safe_pieces
 from gptforge.data.shards import open_shard
 from gptforge.data.tokenizers import gpt2_tokenizer
-from helpers_data import play_texts, tree_digest, write_parquet
-from subproc import sigint_default
+from gptforge.errors import UserError
 
 EOT = 50256
 

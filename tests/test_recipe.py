@@ -13,7 +13,6 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-
 from helpers_data import plays_dir, write_parquet
 
 REPO = Path(__file__).parents[1]

@@ -7,8 +7,8 @@ import io
 import pytest
 
 from gptforge.cli import main
-from gptforge.model.gpt import GPT
 from gptforge.commands.sample import sample_command
+from gptforge.model.gpt import GPT
 
 
 def test_greedy_is_deterministic_and_streams_the_prompt(tiny_run):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from gptforge.errors import UserError
 from gptforge.data.shards import HEADER_BYTES, MAGIC, ShardWriter, open_shard, write_shard
+from gptforge.errors import UserError
 
 
 def test_round_trip_uint16_and_uint32(tmp_path):

@@ -1,10 +1,10 @@
 import json
 
 import pytest
-
-from gptforge.errors import UserError
-from gptforge.data.sources import SourceOptions, expand_paths, open_sources
 from helpers_data import write_parquet
+
+from gptforge.data.sources import SourceOptions, expand_paths, open_sources
+from gptforge.errors import UserError
 
 
 def docs_of(path, **options):

@@ -1,10 +1,10 @@
 import os
 
 import pytest
-
-from gptforge.errors import UserError
-from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
 from helpers_data import play_texts
+
+from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
+from gptforge.errors import UserError
 
 
 def test_gpt2_gives_exactly_gpt2_ids_offline():

@@ -6,12 +6,12 @@ import json
 
 import pytest
 import torch
-
 from conftest import make_char_data, tiny_config, tiny_text
-from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
+
 from gptforge.config import load_config
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
 
 FIXED = dict(lr_decay_iters=40)
@@ -149,8 +149,9 @@ def test_grown_dataset_is_used_after_resume_and_logged(tmp_path):
 
 def test_resume_of_a_checkpoint_without_data_position_starts_a_fresh_order(tmp_path, char_data, capsys):
     """An imported nanoGPT run stores "loader": None: resuming it starts the data order afresh and says so."""
+    from gptforge.data.dataset import open_dataset
     from gptforge.train.checkpoint import save_checkpoint
-    from gptforge.train.loader import TrainLoader, open_dataset
+    from gptforge.train.loader import TrainLoader
 
     run = tmp_path / "run"
     train(tiny_config(char_data, run, max_iters=2, **FIXED))
@@ -172,6 +173,8 @@ def test_init_from_hugging_face_keeps_the_configured_dropout(tmp_path, char_data
 
     _, hf_dir = tiny_hf(tmp_path)
     run = tmp_path / "run"
-    train(tiny_config(char_data, run, max_iters=1, init_from=str(hf_dir), dropout=0.25, **FIXED))
+    from gptforge.commands.train import train_command
+
+    train_command(tiny_config(char_data, run, max_iters=1, init_from=str(hf_dir), dropout=0.25, **FIXED))
     stored = load_config(str(run / "config.toml")).model
     assert (stored.dropout, stored.block_size, stored.n_head) == (0.25, 16, 4)  # dropout kept, context cropped

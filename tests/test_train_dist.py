@@ -24,11 +24,10 @@ import time
 from pathlib import Path
 
 import pytest
-
-from subproc import sigint_default
 import torch
-
 from conftest import tiny_config
+from subproc import sigint_default
+
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
 
@@ -270,8 +269,8 @@ def test_a_rank_stuck_outside_the_collectives_times_the_others_out(tmp_path, cha
 
 
 def test_fsdp_refuses_what_it_cannot_shard_and_one_process_has_nothing_to_shard(monkeypatch):
-    from gptforge.train import dist, parallel
     from gptforge.errors import UserError
+    from gptforge.train import dist, parallel
 
     assert parallel.use_fsdp(True, 1, "muon", torch.float16) is False  # one process: trains unsharded
     assert parallel.use_fsdp(True, 2, "adamw", torch.bfloat16) is True

@@ -11,8 +11,8 @@ import time
 
 import pytest
 import torch
-
 from conftest import make_char_data, tiny_config, tiny_text
+
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
 
@@ -67,7 +67,7 @@ def test_resume_in_fresh_process_is_bitwise_identical(tmp_path, char_data, where
     else:
         # 56 train blocks of 16 tokens at 8 blocks per step: step 7 ends epoch 0 exactly
         data, half = make_char_data(tmp_path / "small", tiny_text(n_lines=41, seed=0)), 7
-        from gptforge.train.loader import open_dataset
+        from gptforge.data.dataset import open_dataset
         assert (open_dataset(data).train_tokens - 1) // 16 == 56
     steps = 2 * half
     train(tiny_config(data, tmp_path / "continuous", **{**BASE, "max_iters": steps}))

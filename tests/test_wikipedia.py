@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import gptforge.data.sources.wikipedia as wikipedia
-from gptforge.errors import UserError
 from gptforge.data.sources import SourceOptions, open_sources
 from gptforge.data.sources.wikipedia import WikipediaSource
+from gptforge.errors import UserError
 
 WIKI = Path(__file__).parent / "data" / "wiki"
 ALPHA = (

@@ -31,10 +31,10 @@ def _download(a):
 
 
 def _train(a):
+    from gptforge.commands.train import train_command
     from gptforge.config import load_config
-    from gptforge.train.loop import train
 
-    train(load_config(a.config, a.overrides))
+    train_command(load_config(a.config, a.overrides))
 
 
 def _sample(a):
@@ -51,14 +51,14 @@ def _eval(a):
 
 
 def _diagnose(a):
-    from gptforge.analysis.diagnose.facts import diagnose_command
+    from gptforge.analysis.diagnose.report import diagnose_command
 
     diagnose_command(a.run_dir, data=a.data)
 
 
 def _plan(a):
+    from gptforge.analysis.plan.report import plan_command
     from gptforge.config import load_config
-    from gptforge.analysis.plan.sizing import plan_command
 
     plan_command(load_config(a.config, a.overrides), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
                  mfu=a.mfu, processes=a.processes, config_path=a.config)

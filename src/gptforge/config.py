@@ -150,6 +150,11 @@ class Config:
         self.train.validate()
         return self
 
+    @property
+    def tokens_per_iter(self) -> int:
+        """Tokens in one optimizer step, all processes together (gradient_accumulation_steps is global)."""
+        return self.train.batch_size * self.model.block_size * self.train.gradient_accumulation_steps
+
     def flat(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for group in GROUPS:

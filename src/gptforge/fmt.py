@@ -1,4 +1,4 @@
-"""Number formats shared by the run reports (plan, diagnose, plot)."""
+"""Number and duration formats, the same everywhere gptforge prints them."""
 
 from __future__ import annotations
 
@@ -33,3 +33,11 @@ def duration(seconds: float | None) -> str:
     if seconds < 3 * 86400:
         return f"{seconds / 3600:.1f} h"
     return f"{seconds / 86400:.1f} days"
+
+
+def clock(seconds: float) -> str:
+    """Elapsed or remaining time: '7s', '2m05s', '1h02m03s'."""
+    seconds = max(0, int(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"

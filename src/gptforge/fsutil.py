@@ -1,13 +1,33 @@
-"""Atomic file writes: a reader sees either the old file or the complete new one, never a half."""
+"""Files and the machine: atomic writes (a reader sees the old file or the complete new one, never a half),
+sha256 of files, and the number of usable cores."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def sha256_file(*paths: str | os.PathLike) -> str:
+    """Hex sha256 of the bytes of one file, or of several files read one after the other."""
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (the affinity mask, e.g. a container's or taskset's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -7,21 +7,19 @@ Defaults to GPT-2 124M at block 1024, the model of nanoGPT's bench.py.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import resource
 import time
 
 import torch
 
-from gptforge.train import dist
 from gptforge.config import Config
+from gptforge.data.tokenizers import GPT2_VOCAB
 from gptforge.errors import UserError
-from gptforge.train.events import mfu, peak_flops
 from gptforge.model.gpt import GPT
+from gptforge.train import devices
+from gptforge.train.devices import mfu, peak_flops
 from gptforge.train.optim import build_optimizer
-
-GPT2_VOCAB = 50257
 
 
 class SyntheticBatches:
@@ -59,8 +57,8 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
     if steps <= 0 or warmup < 0:
         raise UserError(f"--steps must be positive and --warmup >= 0 (got {steps} and {warmup})")
     tc = cfg.train
-    device = dist.resolve_device(tc.device)
-    dtype = dist.resolve_dtype(tc.dtype, device)
+    device = devices.resolve_device(tc.device)
+    dtype = devices.resolve_dtype(tc.dtype, device)
     torch.manual_seed(tc.seed)
     torch.set_float32_matmul_precision("high")
     model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or GPT2_VOCAB)
@@ -68,7 +66,7 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
     optimizer = build_optimizer(model, cfg.optim, device.type)
     use_compile = tc.compile == "true" or (tc.compile == "auto" and device.type == "cuda")
     step_model = torch.compile(model) if use_compile else model
-    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+    autocast = devices.autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     accum = tc.gradient_accumulation_steps
     data = SyntheticBatches(tc.batch_size, model_cfg.block_size, model_cfg.vocab_size, device, tc.seed)
@@ -87,7 +85,7 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
         optimizer.zero_grad(set_to_none=True)
         return loss.detach()
 
-    print(f"bench: {model.num_params():,} parameters on {dist.device_name(device)}, "
+    print(f"bench: {model.num_params():,} parameters on {devices.device_name(device)}, "
           f"{str(dtype).replace('torch.', '')}, compile {use_compile}; batch {tc.batch_size} x block "
           f"{model_cfg.block_size} x accumulation {accum}")
     started = time.perf_counter()
@@ -107,9 +105,9 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
     seconds = time.perf_counter() - started
     last_loss = loss.item()
 
-    tokens_per_iter = tc.batch_size * model_cfg.block_size * accum
+    tokens_per_iter = cfg.tokens_per_iter
     tok_per_s = tokens_per_iter * steps / seconds
-    peak = peak_flops(dist.device_name(device), tc.peak_flops)
+    peak = peak_flops(devices.device_name(device), tc.peak_flops)
     utilisation = mfu(model.flops_per_token(), tok_per_s, peak)
     memory, memory_kind = _peak_memory_gib(device)
     result = {

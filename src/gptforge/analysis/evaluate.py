@@ -11,11 +11,12 @@ import math
 import numpy as np
 import torch
 
-from gptforge.train import dist
-from gptforge.errors import UserError
-from gptforge.train.loader import ValBatches, open_dataset
-from gptforge.commands.sample import autocast_for, load_run
+from gptforge.data.dataset import open_dataset
 from gptforge.data.tokenizers import CharTokenizer
+from gptforge.errors import UserError
+from gptforge.train import devices
+from gptforge.train.loader import ValBatches
+from gptforge.train.runs import load_run
 
 
 def token_byte_lengths(tokenizer) -> np.ndarray:
@@ -35,7 +36,7 @@ def token_byte_lengths(tokenizer) -> np.ndarray:
 
 
 def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = None) -> dict:
-    dev = dist.resolve_device(device)
+    dev = devices.resolve_device(device)
     model, tokenizer, state = load_run(run_dir, dev)
     data = data or state["config"].get("data")
     if not data:
@@ -51,7 +52,7 @@ def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = No
     batch_size = int(state["config"].get("batch_size") or 8)
     batches = ValBatches(dataset, batch_size, model.cfg.block_size, max_batches)
     nats, tokens, n_bytes = 0.0, 0, 0
-    with torch.no_grad(), autocast_for(dev):
+    with torch.no_grad(), devices.autocast(dev, devices.resolve_dtype("auto", dev)):
         for x, y in batches:
             _, loss = model(x.to(dev), y.to(dev))
             nats += loss.item() * y.numel()

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 
 from gptforge.errors import UserError
-from gptforge.train.events import peak_flops
+from gptforge.train.devices import peak_flops
 
 # Memory in GB as the vendor sells it (GeForce "12 GB" cards report ~11.99 GiB, an H100 80GB ~79.6 GiB).
 # Matched like metrics.PEAK_BF16_FLOPS: the first pattern contained in the normalised name wins, so the

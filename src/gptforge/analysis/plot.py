@@ -8,10 +8,10 @@ import io
 from pathlib import Path
 
 from gptforge.analysis.curves import smooth, smoothing_span
+from gptforge.analysis.runlog import RunLog, finite, read_run
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_bytes
-from gptforge.analysis.runlog import RunLog, finite, read_run
 
 FORMATS = ("png", "svg", "pdf")
 

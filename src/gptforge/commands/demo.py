@@ -92,8 +92,8 @@ def _next_run_dir(out: Path) -> Path:
 
 
 def run_demo(out: str = "runs/demo", seconds: float | None = None) -> Path:
-    from gptforge.data.prepare import prepare
     from gptforge.commands.sample import sample_command
+    from gptforge.data.prepare import prepare
     from gptforge.data.tokenizers import load_tokenizer, train_bpe
     from gptforge.train.loop import train
 

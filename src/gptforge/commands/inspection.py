@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptforge.errors import UserError
 from gptforge.data.manifest import MANIFEST, listed_shards, load_manifest, orphan_files
 from gptforge.data.shards import NANOGPT_NAMES, open_shard
+from gptforge.errors import UserError
 
 
 def verify_dataset(data_dir: Path, manifest: dict) -> list[str]:

@@ -2,42 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
 import torch
 
-from gptforge.train import dist
-from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
-from gptforge.config import build_config
 from gptforge.errors import UserError
-from gptforge.model.gpt import GPT
-from gptforge.data.tokenizers import load_tokenizer
-
-
-def load_run(run_dir, device: torch.device):
-    """(model in eval mode on `device`, tokenizer or None, checkpoint state) from the latest checkpoint."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    path = latest_checkpoint(run_dir)
-    if path is None:
-        raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/ with a COMPLETE marker)")
-    ckpt = load_checkpoint(path)
-    saved = ckpt["state"]["config"]
-    cfg = build_config({k: v for k, v in saved.items() if v is not None}, where=str(path / "state.json"))
-    model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
-    model.to(device).eval()
-    tok_dir = run_dir / "tokenizer"
-    tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None
-    return model, tokenizer, ckpt["state"]
-
-
-def autocast_for(device: torch.device):
-    dtype = dist.resolve_dtype("auto", device)
-    return torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext()
+from gptforge.train import devices
+from gptforge.train.runs import load_run
 
 
 def read_prompt(prompt: str) -> str:
@@ -85,7 +57,7 @@ def sample_command(run_dir, prompt: str = "", num_samples: int = 1, max_new_toke
         raise UserError(f"--temperature must be >= 0 (0 = greedy), got {temperature}")
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    dev = dist.resolve_device(device)
+    dev = devices.resolve_device(device)
     model, tokenizer, _ = load_run(run_dir, dev)
     if tokenizer is None:
         raise UserError(f"{run_dir} has no tokenizer/ directory, so its tokens cannot be turned into text")
@@ -99,7 +71,7 @@ def sample_command(run_dir, prompt: str = "", num_samples: int = 1, max_new_toke
         ids = [tokenizer.eot_id]  # an empty prompt starts a fresh document
     generator = torch.Generator(device=dev).manual_seed(seed)
     samples = []
-    with torch.no_grad(), autocast_for(dev):
+    with torch.no_grad(), devices.autocast(dev, devices.resolve_dtype("auto", dev)):
         for i in range(num_samples):
             stream = _Stream(tokenizer, out)
             out.write(text)

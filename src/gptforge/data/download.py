@@ -32,6 +32,7 @@ from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_json, fsync_dir
+from gptforge.progress import StatusLine
 
 _HF = "https://huggingface.co/datasets"
 
@@ -459,24 +460,19 @@ class _Progress:
     """One live line with MB/s on a terminal; elsewhere only notices and the final summary."""
 
     def __init__(self, files: int, stream=None):
-        self.stream = stream or sys.stderr
-        self.live = self.stream.isatty()
+        self.line = StatusLine(stream or sys.stderr)
         self.files, self.done, self.bytes = files, 0, 0
         self.start = time.monotonic()
         self.lock = threading.Lock()
-        self.shown = 0.0
 
-    def _line(self) -> str:
+    def _text(self) -> str:
         elapsed = max(time.monotonic() - self.start, 1e-9)
         return f"  {self.done}/{self.files} files  {self.bytes / 1e6:,.1f} MB  {self.bytes / 1e6 / elapsed:,.1f} MB/s"
 
     def add(self, n: int) -> None:
         with self.lock:
             self.bytes += n
-            if self.live and time.monotonic() - self.shown > 0.25:
-                self.shown = time.monotonic()
-                self.stream.write("\r\033[K" + self._line())
-                self.stream.flush()
+        self.line.show(self._text())
 
     def file_done(self) -> None:
         with self.lock:
@@ -484,14 +480,10 @@ class _Progress:
         self.add(0)
 
     def say(self, message: str) -> None:
-        with self.lock:
-            self.stream.write(("\r\033[K" if self.live else "") + message + "\n")
-            self.stream.flush()
+        self.line.say(message)
 
     def close(self) -> None:
-        if self.live:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        self.line.clear()
 
 
 # --------------------------------------------------------------------------------------------- the command

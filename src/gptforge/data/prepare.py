@@ -23,12 +23,13 @@ from typing import Iterator
 
 import numpy as np
 
-from gptforge.errors import UserError
 from gptforge.data.manifest import empty_manifest, load_manifest, orphan_files, save_manifest
-from gptforge.progress import Progress
-from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.shard_streams import ShardSequence, move_tail
+from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
+from gptforge.errors import UserError
+from gptforge.fsutil import usable_cores
+from gptforge.progress import Progress
 
 DEFAULT_VAL_FRACTION = 0.01
 MIN_VAL_TOKENS = 100_000  # hash split on a fresh dataset: at least this much val (or 10% of a tiny corpus)
@@ -289,7 +290,7 @@ def prepare(
     train = ShardSequence(out, "train", len(manifest["shards"]["train"]), manifest["shard_tokens"], tok.vocab_size)
     val = ShardSequence(out, "val", len(manifest["shards"]["val"]), manifest["shard_tokens"], tok.vocab_size)
     tallies = {i: SourceTally() for i in range(len(sources))}
-    encoder = _Encoder(tok, workers or _cpu_count(), rule)
+    encoder = _Encoder(tok, workers or usable_cores(), rule)
     progress = Progress(total_bytes=sum(s.path.stat().st_size for s in sources))
     started = time.time()
     try:
@@ -336,10 +337,6 @@ def prepare(
         encoder.close()
     _print_summary(manifest, sources, tallies, time.time() - started)
     return manifest
-
-
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def _tail_tokens(rule: dict, fresh: bool, train_total: int, val_total: int) -> int:

@@ -17,18 +17,12 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from gptforge.errors import UserError
-from gptforge.fsutil import atomic_write_json
+from gptforge.fsutil import atomic_write_json, sha256_file
 
 EOT = "<|endoftext|>"
+GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's vocabulary size and its end-of-text id
 META_FILE = "tokenizer_meta.json"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-
-
-def _sha256_files(paths: Sequence[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.read_bytes())
-    return h.hexdigest()
 
 
 class Tokenizer:
@@ -167,9 +161,9 @@ def gpt2_tokenizer() -> TiktokenTokenizer:
         encoder, merges = gpt2_files()
         enc = tiktoken.Encoding(
             name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=_bpe_ranks_offline(merges, encoder),
-            special_tokens={EOT: 50256}, explicit_n_vocab=50257,
+            special_tokens={EOT: GPT2_EOT}, explicit_n_vocab=GPT2_VOCAB,
         )
-        _GPT2 = TiktokenTokenizer(enc, "gpt2", "gpt2", _sha256_files([encoder, merges]))
+        _GPT2 = TiktokenTokenizer(enc, "gpt2", "gpt2", sha256_file(encoder, merges))
     return _GPT2
 
 
@@ -203,7 +197,7 @@ def _trained_bpe(directory: Path) -> TiktokenTokenizer:
     except KeyError:
         raise UserError(f"tokenizer {path} is not byte-level (its vocabulary has non-byte symbols)") from None
     enc = tiktoken.Encoding(name=directory.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
-    return TiktokenTokenizer(enc, "bpe", f"bpe{len(vocab)}", _sha256_files([path]), source_dir=directory)
+    return TiktokenTokenizer(enc, "bpe", f"bpe{len(vocab)}", sha256_file(path), source_dir=directory)
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:

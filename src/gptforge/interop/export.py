@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from gptforge.train.checkpoint import latest_checkpoint
+from gptforge.data.tokenizers import EOT, gpt2_files, load_tokenizer
 from gptforge.errors import UserError
 from gptforge.fsutil import building_dir
 from gptforge.interop.hf import hf_config_from_model, hf_state_from_gptforge, load_hf_gpt2
 from gptforge.model.gpt import GPT
-from gptforge.commands.sample import load_run
-from gptforge.data.tokenizers import EOT, gpt2_files, load_tokenizer
+from gptforge.train.checkpoint import latest_checkpoint
+from gptforge.train.runs import load_run
 
 
 def _load_run_model(run_dir: Path) -> tuple[GPT, Path]:

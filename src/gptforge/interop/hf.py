@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from gptforge.config import ModelConfig
+from gptforge.data.tokenizers import GPT2_VOCAB
 from gptforge.errors import UserError
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -56,7 +57,7 @@ def model_config_from_hf(doc: dict, where: str) -> ModelConfig:
             raise UserError(f"{where}: {key} = {doc.get(key)!r} is not supported (the gpt2 arch is GPT-2 with {key} = {wanted})")
     cfg = ModelConfig(arch="gpt2", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       block_size=doc.get("n_positions", doc.get("n_ctx", 1024)),
-                      vocab_size=doc.get("vocab_size", 50257), bias=True, dropout=0.0)
+                      vocab_size=doc.get("vocab_size", GPT2_VOCAB), bias=True, dropout=0.0)
     try:
         cfg.validate()
     except UserError as e:

@@ -15,69 +15,21 @@ a fresh seeded permutation of the data.
 
 from __future__ import annotations
 
-import builtins
-import pickle
 from pathlib import Path
 
 import torch
 
-from gptforge.train.checkpoint import save_checkpoint
 from gptforge.config import build_config, to_toml
+from gptforge.data.tokenizers import GPT2_VOCAB
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text, building_dir
 from gptforge.model.gpt import GPT
+from gptforge.train.checkpoint import save_checkpoint
 
-GPT2_VOCAB = 50257
 # nanoGPT config keys that mean the same in gptforge (nanoGPT's names were kept on purpose)
 SHARED_KEYS = ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
                "log_interval", "always_save_checkpoint", "learning_rate", "min_lr", "warmup_iters",
                "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip")
-
-
-# ---- meta.pkl -------------------------------------------------------------------------------------
-
-class _PlainUnpickler(pickle.Unpickler):
-    """Builds only what pickle's own opcodes build (dicts, strings, numbers, lists, tuples) plus the
-    dict/str/int constructors; any other class or function is refused instead of imported."""
-
-    ALLOWED = {("builtins", "dict"), ("builtins", "str"), ("builtins", "int")}
-
-    def find_class(self, module, name):
-        if (module, name) in self.ALLOWED:
-            return getattr(builtins, name)
-        raise pickle.UnpicklingError(f"it asks for {module}.{name}, and only plain data is accepted")
-
-
-def read_meta_pkl(path) -> dict:
-    """nanoGPT's meta.pkl as a dict with an int vocab_size and, for character data, itos {int: str} and
-    stoi {str: int}; a file that is anything else (or would run code) is a UserError."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            meta = _PlainUnpickler(f).load()
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
-            OverflowError, MemoryError, UnicodeDecodeError) as e:
-        raise UserError(f"{path} is not a plain nanoGPT meta.pkl: refused to load it ({e})") from None
-    if not isinstance(meta, dict):
-        raise UserError(f"{path} is not a nanoGPT meta.pkl: it holds a {type(meta).__name__}, not a dict")
-    vocab = meta.get("vocab_size")
-    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
-        raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {vocab!r}")
-    itos, stoi = meta.get("itos"), meta.get("stoi")
-    if itos is not None:
-        if not isinstance(itos, dict) or sorted(itos) != list(range(len(itos))) or \
-                not all(isinstance(s, str) for s in itos.values()):
-            raise UserError(f"{path}: 'itos' must map the ids 0..n-1 to strings")
-        if len(itos) != vocab:
-            raise UserError(f"{path}: 'itos' has {len(itos)} entries but vocab_size is {vocab}")
-    if stoi is not None:
-        if not isinstance(stoi, dict) or not all(isinstance(k, str) and isinstance(v, int) for k, v in stoi.items()):
-            raise UserError(f"{path}: 'stoi' must map strings to ids")
-        if itos is not None and any(itos.get(i) != s for s, i in stoi.items()):
-            raise UserError(f"{path}: 'stoi' and 'itos' disagree")
-    return meta
 
 
 # ---- ckpt.pt --------------------------------------------------------------------------------------
@@ -196,7 +148,7 @@ def _find_data(ckpt_path: Path, config: dict, data) -> Path | None:
 def _vocab_and_tokenizer(dataset, rows: int):
     """(real vocabulary size, tokenizer or None, tokenizer identity or None)."""
     if dataset is not None:
-        from gptforge.train.samples import dataset_tokenizer
+        from gptforge.data.dataset import dataset_tokenizer
 
         tokenizer, identity = dataset_tokenizer(dataset)
         return dataset.vocab_size, tokenizer, identity
@@ -225,8 +177,9 @@ def _run_config(ckpt: dict, vocab: int, data: Path | None, out: Path, where: Pat
 
 def import_nanogpt_command(checkpoint, out, data=None) -> Path:
     """Turn a nanoGPT ckpt.pt into a gptforge run directory at `out` (built aside, then renamed)."""
-    from gptforge.train.loader import TrainLoader, open_dataset
+    from gptforge.data.dataset import open_dataset
     from gptforge.train.guard import LossGuard
+    from gptforge.train.loader import TrainLoader
 
     ckpt_path, out = Path(checkpoint), Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -256,7 +209,7 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
 
     step = int(ckpt.get("iter_num", 0))
     tc = cfg.train
-    tokens_per_iter = tc.batch_size * cfg.model.block_size * tc.gradient_accumulation_steps
+    tokens_per_iter = cfg.tokens_per_iter
     best = ckpt.get("best_val_loss")
     best = float(best) if best is not None else float("inf")
     loader_state, epoch, dataset_info = None, 0.0, None

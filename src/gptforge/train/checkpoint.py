@@ -13,7 +13,6 @@ nothing older is purged, and a UserError stops the run, naming the checkpoint th
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import pickle
@@ -25,7 +24,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptforge.errors import UserError
-from gptforge.fsutil import atomic_write_text, fsync_dir
+from gptforge.fsutil import atomic_write_text, fsync_dir, sha256_file
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
@@ -36,14 +35,6 @@ TMP_PREFIX = ".tmp_"
 
 def step_name(step: int) -> str:
     return f"step_{step:08d}"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _fsync_file(path: Path) -> None:
@@ -67,7 +58,7 @@ def _write_files(tmp: Path, model_state: dict, optimizer_state: dict, extra_tens
     torch.save(optimizer_state, tmp / "optimizer.pt")
     torch.save(extra_tensors, tmp / "train_state.pt")
     (tmp / "state.json").write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
-    marker = {name: {"size": (tmp / name).stat().st_size, "sha256": _sha256(tmp / name)} for name in FILES}
+    marker = {name: {"size": (tmp / name).stat().st_size, "sha256": sha256_file(tmp / name)} for name in FILES}
     for name in FILES:
         _fsync_file(tmp / name)
     # the marker goes last: its presence is what makes the directory a checkpoint
@@ -186,7 +177,7 @@ def _verify_checksums(path: Path, names=FILES) -> None:
     if problem:
         raise UserError(f"checkpoint {path} is not complete: {problem}")
     for name, info in _read_marker(path).items():
-        if name in names and _sha256(path / name) != info.get("sha256"):
+        if name in names and sha256_file(path / name) != info.get("sha256"):
             raise UserError(f"checkpoint {path}: {name} does not match the checksum in {MARKER} (corrupt file)")
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import platform
 
 import torch
 import torch.distributed as dist
@@ -166,47 +165,6 @@ def any_true_each(flags: list[bool], device: torch.device | str = "cpu") -> list
 def print0(*args, **kwargs) -> None:
     if is_main():
         print(*args, **kwargs)
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """`auto`: cuda (this process's local rank), then mps, then cpu; an unavailable choice is a UserError."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        if torch.cuda.is_available():
-            name = "cuda"
-        elif getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            name = "mps"
-        else:
-            name = "cpu"
-    kind = name.split(":")[0]
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {name!r}: CUDA is not available on this machine (use --device=cpu or auto)")
-        if name == "cuda":
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    elif kind == "mps":
-        if getattr(torch.backends, "mps", None) is None or not torch.backends.mps.is_available():
-            raise UserError(f"device {name!r}: MPS is not available on this machine (use --device=cpu or auto)")
-    elif kind != "cpu":
-        raise UserError(f"device {name!r} is not one of auto, cuda, cuda:N, mps, cpu")
-    return torch.device(name)
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """`auto`: bf16 on GPUs that have it, fp16 (with a GradScaler) on older ones, fp32 on CPU and MPS."""
-    if name == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32  # CPU autocast is slower than fp32 for small models; MPS autocast is incomplete
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    if device.type == "mps":
-        return "Apple MPS"
-    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def rng_state(device: torch.device) -> dict:

@@ -9,7 +9,6 @@ it together, and only rank 0 prints and writes.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -17,31 +16,25 @@ from pathlib import Path
 
 import torch
 
-from gptforge.train import dist, parallel
-from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gptforge.config import Config, diff_configs, to_toml
+from gptforge.data.dataset import dataset_tokenizer, open_dataset
 from gptforge.errors import UserError
+from gptforge.fmt import clock
 from gptforge.fsutil import atomic_write_text
-from gptforge.train.loader import TrainLoader, ValBatches, open_dataset
-from gptforge.train.events import Console, MetricsLog, eval_line, format_seconds, iter_line, mfu, peak_flops, perplexity
 from gptforge.model.gpt import GPT
-from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
+from gptforge.train import devices, dist, parallel
+from gptforge.train.budget import plan_iters
+from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gptforge.train.console import Console, eval_line, iter_line, perplexity
+from gptforge.train.devices import mfu, peak_flops
+from gptforge.train.events import MetricsLog
 from gptforge.train.guard import LossGuard, StopFlag
-from gptforge.train.samples import dataset_tokenizer, write_samples
+from gptforge.train.loader import TrainLoader, ValBatches
+from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
+from gptforge.train.samples import write_samples
 
 # keys that fix the shapes (or the function) of the weights: changing them on resume is an error
 MODEL_KEYS = ["arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size", "bias", "logit_softcap", "rope_base"]
-
-
-def plan_iters(cfg: Config, params: int, tokens_per_iter: int) -> int:
-    """max_iters, else max_tokens, else tokens_per_param x parameters (Chinchilla's 20 by default)."""
-    tc = cfg.train
-    if tc.max_iters > 0:
-        return tc.max_iters
-    tokens = tc.max_tokens if tc.max_tokens > 0 else tc.tokens_per_param * params
-    if tokens <= 0:
-        raise UserError("no training budget: set max_iters, max_tokens or tokens_per_param to a positive value")
-    return max(1, math.ceil(tokens / tokens_per_iter))
 
 
 def _resolve_model_config(cfg: Config, dataset) -> Config:
@@ -51,15 +44,13 @@ def _resolve_model_config(cfg: Config, dataset) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
-def _build_model(cfg: Config, dataset) -> tuple[GPT, Config]:
+def _build_model(cfg: Config, dataset, pretrained: GPT | None) -> tuple[GPT, Config]:
     init = cfg.train.init_from
     if init in ("scratch", "resume"):
         return GPT(cfg.model), cfg
-    if not Path(init).is_dir():
+    if pretrained is None:
         raise UserError(f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory")
-    from gptforge.interop.hf import load_hf_gpt2
-
-    model = load_hf_gpt2(init, dropout=cfg.model.dropout)
+    model = pretrained
     if dataset.vocab_size > model.cfg.vocab_size:
         raise UserError(f"init_from {init}: the model's vocabulary ({model.cfg.vocab_size}) is smaller than the dataset's "
                         f"({dataset.vocab_size}); prepare the data with the gpt2 tokenizer")
@@ -97,12 +88,12 @@ def _restore_rng(tensors: dict, saved_world: int, device, seed: int, step: int, 
                       "order continues exactly; dropout draws other random masks from here on")
 
 
-def train(cfg: Config) -> dict:
+def train(cfg: Config, pretrained: GPT | None = None) -> dict:
     """Train (joining torchrun's process group when launched by torchrun, and leaving it at the end)."""
-    device = dist.resolve_device(cfg.train.device)
+    device = devices.resolve_device(cfg.train.device)
     created = dist.setup(device)
     try:
-        result = _train(cfg, device)
+        result = _train(cfg, device, pretrained)
     except RuntimeError as e:
         lost = dist.lost_peer_error(e)
         if lost is None:
@@ -114,19 +105,19 @@ def train(cfg: Config) -> dict:
     return result
 
 
-def _train(cfg: Config, device: torch.device) -> dict:
+def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     tc, oc = cfg.train, cfg.optim
     launch = time.time()
     # ---------------------------------------------------------------- setup
     rank, world = dist.rank(), dist.world_size()
     main = rank == 0
-    dtype = dist.resolve_dtype(tc.dtype, device)
+    dtype = devices.resolve_dtype(tc.dtype, device)
     fsdp = parallel.use_fsdp(tc.fsdp, world, oc.optimizer, dtype)
     torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = True
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else contextlib.nullcontext())
+    autocast = devices.autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     if tc.gradient_accumulation_steps % world:
         raise UserError(f"gradient_accumulation_steps ({tc.gradient_accumulation_steps}) must be divisible by the "
@@ -154,7 +145,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
         console.print(f"resuming from {path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
 
     # ---------------------------------------------------------------- model and optimizer
-    model, cfg = _build_model(cfg, dataset)
+    model, cfg = _build_model(cfg, dataset, pretrained)
     params, params_ne = model.num_params(), model.num_params(non_embedding=True)
     flops_per_token = model.flops_per_token()
     if rank:
@@ -173,8 +164,8 @@ def _train(cfg: Config, device: torch.device) -> dict:
     loader = TrainLoader(dataset, tc.batch_size, cfg.model.block_size, tc.seed, rank=rank, world_size=world)
     val_batches = ValBatches(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank=rank, world_size=world)
     train_batches = ValBatches(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank, world, split="train")
-    tokens_per_iter = tc.batch_size * cfg.model.block_size * tc.gradient_accumulation_steps
-    max_iters = plan_iters(cfg, params, tokens_per_iter)
+    tokens_per_iter = cfg.tokens_per_iter
+    max_iters = plan_iters(cfg, params)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iters=max_iters))
     guard = LossGuard(tc.spike_sigma, tc.max_nan_skips, after_step=oc.warmup_iters)
     step, tokens_seen, best_val, last_val = 0, 0, float("inf"), None
@@ -194,7 +185,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
     resumed_at = step if resume else None
 
     # ---------------------------------------------------------------- run directory and the start report
-    peak = peak_flops(dist.device_name(device), tc.peak_flops)
+    peak = peak_flops(devices.device_name(device), tc.peak_flops)
     planned_tokens = max_iters * tokens_per_iter
     log = None
     if main:
@@ -206,7 +197,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
                          wandb_run_name=tc.wandb_run_name, tensorboard=tc.tensorboard, config=cfg.flat(), t0=launch,
                          fresh=resume is None)
     planned_epochs = planned_tokens / dataset.train_tokens
-    console.print(f"device {dist.device_name(device)}, {str(dtype).replace('torch.', '')}, compile {use_compile}, "
+    console.print(f"device {devices.device_name(device)}, {str(dtype).replace('torch.', '')}, compile {use_compile}, "
                   f"{world} process(es)" + (", FSDP (parameters, gradients and optimizer state sharded)" if fsdp
                                             else ", DDP" if world > 1 else ""))
     if tc.fsdp and not fsdp:
@@ -228,7 +219,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
                   tokens_per_iter=tokens_per_iter, max_iters=max_iters, planned_tokens=planned_tokens,
                   tokens_per_param=planned_tokens / params, dataset_train_tokens=dataset.train_tokens,
                   dataset_val_tokens=dataset.val_tokens, dataset_version=dataset.version,
-                  planned_epochs=planned_epochs, device=device.type, device_name=dist.device_name(device),
+                  planned_epochs=planned_epochs, device=device.type, device_name=devices.device_name(device),
                   world_size=world, fsdp=fsdp, peak_flops=peak, flops_per_token=flops_per_token,
                   resumed_from=resumed_at)
         if loader.grew:
@@ -407,7 +398,7 @@ def _train(cfg: Config, device: torch.device) -> dict:
 
     console.close()
     console.print(f"done: {reason} at step {step}, {tokens_seen:,} tokens, best val loss {best_val:.4f}, "
-                  f"{format_seconds(time.time() - launch)} in all; run directory {run_dir}")
+                  f"{clock(time.time() - launch)} in all; run directory {run_dir}")
     if log:
         log.write("end", step, reason=reason)
         log.close()

@@ -19,8 +19,8 @@ import contextlib
 
 import torch
 
-from gptforge.train import dist
 from gptforge.errors import UserError
+from gptforge.train import dist
 
 
 def use_fsdp(requested: bool, world: int, optimizer: str, dtype: torch.dtype) -> bool:

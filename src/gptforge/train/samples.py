@@ -6,35 +6,9 @@ from pathlib import Path
 
 import torch
 
+from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text
-from gptforge.train.loader import GPT2_VOCAB, Dataset
-from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer
-
-
-def dataset_tokenizer(dataset: Dataset) -> tuple[Tokenizer | None, dict | None]:
-    """The tokenizer that made the dataset and its identity (None for a nanoGPT folder we cannot decode)."""
-    if dataset.tokenizer_dir is not None:
-        tok = load_tokenizer(dataset.tokenizer_dir)
-        return tok, dataset.tokenizer_identity or tok.identity()
-    if dataset.kind == "gptforge":
-        identity = dataset.tokenizer_identity or {}
-        if identity.get("kind") == "gpt2" or identity.get("name") == "gpt2":
-            return load_tokenizer("gpt2"), identity
-        return None, identity
-    if (dataset.path / "meta.pkl").is_file():
-        from gptforge.interop.nanogpt import read_meta_pkl
-
-        meta = read_meta_pkl(dataset.path / "meta.pkl")
-        itos = meta.get("itos") if isinstance(meta, dict) else None
-        if not itos:
-            return None, None
-        tok = CharTokenizer([itos[i] for i in range(len(itos))])  # nanoGPT's char vocabulary, same ids
-        return tok, tok.identity()
-    if dataset.vocab_size == GPT2_VOCAB:
-        tok = load_tokenizer("gpt2")
-        return tok, tok.identity()
-    return None, None
 
 
 def complete(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, device, autocast) -> str | None:

@@ -1,7 +1,7 @@
 """`gptforge diagnose RUN_DIR`: what the run is doing, from its own records, and what to change.
 
 `analyse` turns a run's events (metrics.jsonl), resolved config and dataset size into numbers (`facts`)
-and ranked findings; it is pure, so each classic case is tested on a synthetic log. `diagnose_command`
+and ranked findings; it is pure, so each classic case is tested on a synthetic log. `report.diagnose_command`
 reads the files, and diagnose_report writes RUN_DIR/diagnosis.md, a loss plot next to it and prints the
 summary.
 """
@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from gptforge.analysis import curves
 from gptforge.analysis.diagnose.growth import finding_parts, growths, version_spans
-from gptforge.fmt import count
 from gptforge.analysis.runlog import RunLog, finite
+from gptforge.fmt import count
 
 MANY_EPOCHS = 4.0  # beyond ~4 passes repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)
 CHINCHILLA = 20.0
@@ -428,9 +427,3 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
         found.append(_spikes(f, run))
     found.sort(key=lambda x: -x.score)
     return Diagnosis(f, found)
-
-
-def diagnose_command(run_dir, data=None):
-    from gptforge.analysis.diagnose.report import run_diagnosis
-
-    return run_diagnosis(Path(run_dir), data)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from gptforge.analysis.diagnose.facts import Diagnosis, analyse
 from gptforge.analysis.diagnose.growth import describe_growth, describe_span
+from gptforge.analysis.runlog import RunLog, read_run
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_text
-from gptforge.analysis.runlog import RunLog, read_run
 
 REPORT = "diagnosis.md"
 PLOT = "loss.png"
@@ -171,3 +171,7 @@ def run_diagnosis(run_dir: Path, data: str | None = None) -> Diagnosis:
     written.insert(0, run_dir / REPORT)
     print(render_summary(run_dir, d, written))
     return d
+
+
+def diagnose_command(run_dir, data=None):
+    return run_diagnosis(Path(run_dir), data)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from gptforge.analysis.plan.sizing import CHINCHILLA_TOKENS_PER_PARAM, FINEWEB_SHARD_CHARS, claimed_sizes, make_plan
 from gptforge.config import Config
 from gptforge.fmt import count, duration, gib
-from gptforge.analysis.plan.sizing import CHINCHILLA_TOKENS_PER_PARAM, FINEWEB_SHARD_CHARS
 
 
 def _params_block(plan: dict) -> list[str]:
@@ -129,3 +129,15 @@ def render_plan(cfg: Config, plan: dict) -> str:
     if plan["notes"]:
         blocks.append(["notes"] + [f"  {n}" for n in plan["notes"]])
     return "\n\n".join("\n".join(b) for b in blocks)
+
+
+def plan_command(cfg: Config, data=None, gpu=None, vocab_size=None, mfu=None, processes=1, config_path=None) -> dict:
+    plan = make_plan(cfg, data=data, gpu=gpu, vocab_size=vocab_size, mfu=mfu, processes=processes)
+    print(render_plan(cfg, plan))
+    if config_path:
+        total = plan["total_params"]
+        for line, claimed in claimed_sizes(config_path):
+            if not 0.8 <= total / claimed <= 1.25:  # a comment is allowed rounding, not a 3x error
+                print(f"note: line {line} of {config_path} claims {claimed / 1e6:,.0f}M parameters; "
+                      f"this config's model has {total / 1e6:,.1f}M")
+    return plan

@@ -12,13 +12,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from gptforge.analysis.gpus import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, REFERENCE_GPUS, Gpu, find_gpu
 from gptforge.config import Config, ModelConfig
+from gptforge.data.tokenizers import GPT2_VOCAB
 from gptforge.errors import UserError
 from gptforge.fmt import GIB
-from gptforge.analysis.gpus import ALLOCATOR_SLACK, CUDA_CONTEXT_GIB, REFERENCE_GPUS, Gpu, find_gpu
 from gptforge.model.gpt import padded_vocab
+from gptforge.train.budget import plan_iters
 
-GPT2_VOCAB = 50257  # padded to 50,304 like nanoGPT's
 CHINCHILLA_TOKENS_PER_PARAM = 20
 DEFAULT_CHARS_PER_TOKEN = 4.8  # GPT-2 BPE on English web text, when the data cannot tell us
 FINEWEB_SHARD_CHARS = 250e6  # about 250M characters per FineWeb-Edu shard (nanochat's shards)
@@ -184,7 +185,7 @@ def data_info(data_dir: str | Path) -> DataInfo:
         tokens, chars = int(totals.get("tokens", 0)), int(totals.get("characters", 0))
         return DataInfo(str(path), int(totals["train_tokens"]), int(totals["val_tokens"]),
                         int(manifest["tokenizer"]["vocab_size"]), chars / tokens if tokens and chars else None)
-    from gptforge.train.loader import open_dataset  # a nanoGPT folder: counts from the files
+    from gptforge.data.dataset import open_dataset  # a nanoGPT folder: counts from the files
 
     ds = open_dataset(path)
     return DataInfo(str(path), ds.train_tokens, ds.val_tokens, ds.vocab_size, None)
@@ -219,8 +220,6 @@ def resolve_vocab(cfg: Config, vocab_size: int | None, data: DataInfo | None) ->
 def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, vocab_size: int | None = None,
               mfu: float | None = None, processes: int = 1) -> dict:
     """Every number `gptforge plan` prints, in one dict (tests and other tools read it)."""
-    from gptforge.train.loop import plan_iters  # the trainer's own rule, so the plan cannot drift from it
-
     if processes < 1:
         raise UserError(f"--processes must be at least 1, got {processes}")
     if mfu is not None and not 0 < mfu <= 1:
@@ -239,8 +238,8 @@ def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, voca
     if tc.gradient_accumulation_steps % processes:
         notes.append(f"gradient_accumulation_steps ({tc.gradient_accumulation_steps}) counts global micro-batches and "
                      f"must be divisible by --processes ({processes}); train will refuse this")
-    tokens_per_iter = tc.batch_size * tc.gradient_accumulation_steps * m.block_size
-    iters = plan_iters(cfg, counts.total, tokens_per_iter)
+    tokens_per_iter = cfg.tokens_per_iter
+    iters = plan_iters(cfg, counts.total)
     planned = iters * tokens_per_iter
     fpt = flops_per_token(m, counts)
     chinchilla = CHINCHILLA_TOKENS_PER_PARAM * counts.total
@@ -292,17 +291,3 @@ def claimed_sizes(config_path: str | Path) -> list[tuple[int, float]]:
         for value, unit in PARAM_CLAIM.findall(comment):
             claims.append((number, float(value) * (1e6 if unit == "M" else 1e9)))
     return claims
-
-
-def plan_command(cfg: Config, data=None, gpu=None, vocab_size=None, mfu=None, processes=1, config_path=None) -> dict:
-    from gptforge.analysis.plan.report import render_plan
-
-    plan = make_plan(cfg, data=data, gpu=gpu, vocab_size=vocab_size, mfu=mfu, processes=processes)
-    print(render_plan(cfg, plan))
-    if config_path:
-        total = plan["total_params"]
-        for line, claimed in claimed_sizes(config_path):
-            if not 0.8 <= total / claimed <= 1.25:  # a comment is allowed rounding, not a 3x error
-                print(f"note: line {line} of {config_path} claims {claimed / 1e6:,.0f}M parameters; "
-                      f"this config's model has {total / 1e6:,.1f}M")
-    return plan

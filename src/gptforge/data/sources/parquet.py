@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Iterator
 
+from gptforge.data.sources.base import Source
 from gptforge.errors import UserError
-from gptforge.data.sources import Source
 
 BATCH_ROWS = 1024
 

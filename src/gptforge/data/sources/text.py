@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from typing import Iterator
 
+from gptforge.data.sources.base import Source
 from gptforge.errors import UserError
-from gptforge.data.sources import Source
 
 
 class TextSource(Source):

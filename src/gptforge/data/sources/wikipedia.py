@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import bz2
 import codecs
-import os
 import re
 import sys
 from collections import Counter, deque
@@ -27,9 +26,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
 
-from gptforge.errors import UserError
-from gptforge.data.sources import Source, SourceOptions
+from gptforge.data.sources.base import Source, SourceOptions
 from gptforge.data.sources.wikitext import DEFAULT_NAMES, WikiNames, clean
+from gptforge.errors import UserError
+from gptforge.fsutil import usable_cores
 
 try:  # parallel bzip2 decompression; the standard library's single-threaded bz2 otherwise
     import indexed_bzip2
@@ -56,7 +56,7 @@ class WikipediaSource(Source):
 
     def __init__(self, path: Path, options: SourceOptions):
         super().__init__(path, options)
-        self.workers = options.workers or _cores()
+        self.workers = options.workers or usable_cores()
         # progress, kept apart from `counters` (which prepare reports as things skipped)
         self.xml_bytes_read = 0
         self.pages_read = 0
@@ -385,10 +385,3 @@ def _sniff_encoding(head: bytes) -> str:
             return "utf-8"
         return "utf-8" if name in ("utf-8", "ascii") else name
     return "utf-8"
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
