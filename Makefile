@@ -20,7 +20,9 @@ demo: $(BIN)/gptforge
 	$(BIN)/gptforge demo
 
 test: $(BIN)/gptforge
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 
 test-all: $(BIN)/gptforge
+	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q -m ''

@@ -101,8 +101,13 @@ def main() -> None:
         p_rate, c_rate = p_tokens / p_sec, c_tokens / c_sec
         print(f"prepare : {p_tokens:,} tokens in {p_sec:.1f}s = {p_rate / 1e6:.2f}M tokens/s "
               f"({text_bytes / p_sec / 1e6:.1f} MB/s of text), peak RSS {peak_mb:.0f} MB")
-        print(f"ceiling : {c_tokens:,} tokens in {c_sec:.1f}s = {c_rate / 1e6:.2f}M tokens/s (encode_ordinary_batch, no I/O)")
-        print(f"ratio   : {p_rate / c_rate:.3f} of the ceiling (goal >= 0.85); peak memory {peak_mb:.0f} MB (goal < 1024)")
+        print(
+            f"ceiling : {c_tokens:,} tokens in {c_sec:.1f}s = {c_rate / 1e6:.2f}M tokens/s "
+            "(encode_ordinary_batch, no I/O)"
+        )
+        print(
+            f"ratio   : {p_rate / c_rate:.3f} of the ceiling (goal >= 0.85); peak memory {peak_mb:.0f} MB (goal < 1024)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

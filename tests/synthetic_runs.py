@@ -14,10 +14,24 @@ from gptforge.config import build_config, to_toml
 from gptforge.train.optim import lr_multiplier
 
 
-def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, val, eval_noise: float = 0.003,
-              log_noise: float = 0.02, spikes: dict | None = None, nan_from: int | None = None, stop_at: int | None = None,
-              end_reason: str | None = "max_iters", tok_per_s: float = 1e5, mfu: float | None = None,
-              seed: int = 0, grow: dict | None = None) -> Path:
+def write_run(
+    run_dir: Path,
+    config: dict,
+    *,
+    dataset_train_tokens: int,
+    train,
+    val,
+    eval_noise: float = 0.003,
+    log_noise: float = 0.02,
+    spikes: dict | None = None,
+    nan_from: int | None = None,
+    stop_at: int | None = None,
+    end_reason: str | None = "max_iters",
+    tok_per_s: float = 1e5,
+    mfu: float | None = None,
+    seed: int = 0,
+    grow: dict | None = None,
+) -> Path:
     """Events as gptforge train writes them; train(step)/val(step) give the noiseless curves, `spikes`
     maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops.
     `grow` = {step, train_tokens, val_tokens}: the first launch ends at that step and a resume on the
@@ -29,13 +43,30 @@ def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, 
     tokens_per_iter = tc.batch_size * tc.gradient_accumulation_steps * m.block_size
     max_iters = tc.max_iters
     stop_at = stop_at if stop_at is not None else max_iters
-    events = [dict(event="start", step=0, time=0.0, config=cfg.flat(), params=params.total,
-                   params_non_embedding=params.non_embedding, tokens_per_iter=tokens_per_iter, max_iters=max_iters,
-                   planned_tokens=max_iters * tokens_per_iter, tokens_per_param=max_iters * tokens_per_iter / params.total,
-                   dataset_train_tokens=dataset_train_tokens, dataset_val_tokens=dataset_train_tokens // 100,
-                   dataset_version=1, planned_epochs=max_iters * tokens_per_iter / dataset_train_tokens,
-                   device="cuda" if mfu else "cpu", device_name="NVIDIA H100 80GB HBM3" if mfu else "CPU",
-                   world_size=1, peak_flops=989e12 if mfu else None, flops_per_token=1.0, resumed_from=None)]
+    events = [
+        dict(
+            event="start",
+            step=0,
+            time=0.0,
+            config=cfg.flat(),
+            params=params.total,
+            params_non_embedding=params.non_embedding,
+            tokens_per_iter=tokens_per_iter,
+            max_iters=max_iters,
+            planned_tokens=max_iters * tokens_per_iter,
+            tokens_per_param=max_iters * tokens_per_iter / params.total,
+            dataset_train_tokens=dataset_train_tokens,
+            dataset_val_tokens=dataset_train_tokens // 100,
+            dataset_version=1,
+            planned_epochs=max_iters * tokens_per_iter / dataset_train_tokens,
+            device="cuda" if mfu else "cpu",
+            device_name="NVIDIA H100 80GB HBM3" if mfu else "CPU",
+            world_size=1,
+            peak_flops=989e12 if mfu else None,
+            flops_per_token=1.0,
+            resumed_from=None,
+        )
+    ]
     consecutive = 0
     for step in range(0, stop_at + 1):
         tokens = step * tokens_per_iter
@@ -46,7 +77,9 @@ def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, 
                                val_loss=val(step) + rng.gauss(0, eval_noise), val_ppl=math.exp(min(val(step), 700)),
                                eval_batches=tc.eval_iters, seconds=1.0))
             if step and step < max_iters:
-                events.append(dict(event="checkpoint", step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
+                events.append(
+                    dict(event="checkpoint", step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1)
+                )
         if grow and step == grow["step"]:
             events.append(dict(event="end", step=step, time=step * 0.1, reason="max_iters"))
             events.append(dict(events[0], step=step, time=1.0, dataset_train_tokens=grow["train_tokens"],
@@ -59,7 +92,9 @@ def write_run(run_dir: Path, config: dict, *, dataset_train_tokens: int, train, 
         loss = train(step) + rng.gauss(0, log_noise) + (spikes or {}).get(step, 0.0)
         if nan_from is not None and step >= nan_from:
             consecutive += 1
-            events.append(dict(event="nan_skip", step=step, time=step * 0.1, count=consecutive, consecutive=consecutive))
+            events.append(
+                dict(event="nan_skip", step=step, time=step * 0.1, count=consecutive, consecutive=consecutive)
+            )
             continue
         if spikes and step in spikes:
             events.append(dict(event="spike", step=step, time=step * 0.1, loss=loss, mean=train(step), std=log_noise))
@@ -127,9 +162,23 @@ def lr_too_high(run_dir: Path) -> Path:
 def small_batch_cpu(run_dir: Path, seed: int = 0) -> Path:
     """The demo's shape: a 1.3M-parameter model, 550 iterations of 16 x 128 tokens logged every 18, so each
     logged loss is one small batch's (±0.12 around a smoothly falling curve)."""
-    cfg = dict(arch="modern", n_layer=4, n_head=4, n_embd=128, block_size=128, vocab_size=2048, batch_size=16,
-               max_iters=550, warmup_iters=30, eval_interval=92, eval_iters=5, log_interval=18, learning_rate=6e-3,
-               min_lr=6e-4, schedule="wsd")
+    cfg = dict(
+        arch="modern",
+        n_layer=4,
+        n_head=4,
+        n_embd=128,
+        block_size=128,
+        vocab_size=2048,
+        batch_size=16,
+        max_iters=550,
+        warmup_iters=30,
+        eval_interval=92,
+        eval_iters=5,
+        log_interval=18,
+        learning_rate=6e-3,
+        min_lr=6e-4,
+        schedule="wsd",
+    )
     curve = lambda s: 3.6 + 4.0 * math.exp(-s / 40) + 0.9 * math.exp(-s / 300)  # noqa: E731
     return write_run(run_dir, cfg, dataset_train_tokens=1_700_000, train=curve, val=lambda s: curve(s) + 0.25,
                      log_noise=0.12, eval_noise=0.02, seed=seed)
@@ -158,4 +207,5 @@ def grown(run_dir: Path, after: str) -> Path:
         return 3.65 + 7.0 * math.exp(-s / 300) - fresh
 
     return write_run(run_dir, cfg, dataset_train_tokens=300_000_000, train=curve, val=lambda s: curve(s) + 0.04,
-                     tok_per_s=900_000, mfu=0.38, grow=dict(step=8000, train_tokens=3_000_000_000, val_tokens=30_000_000))
+                     tok_per_s=900_000, mfu=0.38,
+                     grow=dict(step=8000, train_tokens=3_000_000_000, val_tokens=30_000_000))

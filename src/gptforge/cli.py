@@ -13,7 +13,9 @@ def _prepare(a):
     from gptforge.data.prepare import prepare
     from gptforge.data.sources import SourceOptions
 
-    options = SourceOptions(text_column=a.text_column, doc_separator=_unescape(a.doc_separator), keep_partial=a.keep_partial)
+    options = SourceOptions(
+        text_column=a.text_column, doc_separator=_unescape(a.doc_separator), keep_partial=a.keep_partial
+    )
     prepare(a.sources, a.out, tokenizer=a.tokenizer, val_fraction=a.val_fraction, split=a.split,
             shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=options)
 
@@ -115,19 +117,26 @@ def _source_options(a):
 
 def _add_source_flags(p) -> None:
     p.add_argument("--text-column", default="text", help="parquet column / jsonl field with the text (default: text)")
-    p.add_argument("--doc-separator", default=None, help=r"split .txt files into documents on this string, e.g. '\n\n\n'")
+    p.add_argument(
+        "--doc-separator", default=None, help=r"split .txt files into documents on this string, e.g. '\n\n\n'"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gptforge", description="From raw text to a trained GPT, and what the run is doing.")
+    parser = argparse.ArgumentParser(
+        prog="gptforge", description="From raw text to a trained GPT, and what the run is doing."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="tokenize sources into shards + manifest (appends to an existing DATA_DIR)")
-    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs: .parquet .txt .md .jsonl .xml[.bz2]")
+    p.add_argument("sources", nargs="+", metavar="SOURCE",
+                   help="files, directories or globs: .parquet .txt .md .jsonl .xml[.bz2]")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.add_argument("--tokenizer", default=None, help="gpt2 (default), char, or a directory from `tokenizer train`")
-    p.add_argument("--val-fraction", type=float, default=None, help="share of documents (or of the stream, with --split tail) for validation")
-    p.add_argument("--split", choices=["hash", "tail"], default=None, help="hash: per document (default); tail: the end of the stream")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of documents (or of the stream, with --split tail) for validation")
+    p.add_argument("--split", choices=["hash", "tail"], default=None,
+                   help="hash: per document (default); tail: the end of the stream")
     p.add_argument("--shard-tokens", type=int, default=100_000_000)
     p.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this")
     p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
@@ -185,7 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", default=None, metavar="DATA_DIR")
-    p.add_argument("--batches", type=int, default=None, help="evaluate at most this many batches (default: the whole val split)")
+    p.add_argument("--batches", type=int, default=None,
+                   help="evaluate at most this many batches (default: the whole val split)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval)
 

@@ -116,8 +116,14 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
         "first_loss": first_loss, "last_loss": last_loss, "flops_per_token": model.flops_per_token(),
     }
     print(f"warm-up {warmup} steps (compile included): {warmup_seconds:.1f}s")
-    print(f"{steps} timed steps: {result['ms_per_iter']:.2f} ms/iter, {tok_per_s:,.0f} tokens/s, mfu "
-          + (f"{100 * utilisation:.1f}% of {peak / 1e12:.0f} TFLOP/s" if utilisation is not None else "n/a (unknown peak)"))
+    print(
+        f"{steps} timed steps: {result['ms_per_iter']:.2f} ms/iter, {tok_per_s:,.0f} tokens/s, mfu "
+        + (
+            f"{100 * utilisation:.1f}% of {peak / 1e12:.0f} TFLOP/s"
+            if utilisation is not None
+            else "n/a (unknown peak)"
+        )
+    )
     print(f"peak {memory_kind} {memory:.2f} GiB; data wait {100 * result['data_share']:.2f}% of step time; "
           f"loss {first_loss if first_loss is not None else float('nan'):.3f} -> {last_loss:.3f}")
     return result

@@ -60,8 +60,16 @@ def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = No
             if byte_len is not None:
                 n_bytes += int(byte_len[y.numpy()].sum())
     loss = nats / tokens
-    return {"val_loss": loss, "perplexity": math.exp(loss), "tokens": tokens, "bytes": n_bytes, "batches": len(batches),
-            "bits_per_byte": nats / n_bytes / math.log(2) if n_bytes else None, "step": state["step"], "data": str(data)}
+    return {
+        "val_loss": loss,
+        "perplexity": math.exp(loss),
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "batches": len(batches),
+        "bits_per_byte": nats / n_bytes / math.log(2) if n_bytes else None,
+        "step": state["step"],
+        "data": str(data),
+    }
 
 
 def eval_command(run_dir, data=None, device="auto", max_batches=None) -> dict:

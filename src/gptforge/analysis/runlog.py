@@ -55,7 +55,9 @@ class RunLog:
     def tokens_at(self, step: int) -> int:
         """Tokens trained by the end of `step`: the nearest logged count at or before it, plus the iterations
         since at the tokens per iteration of the launch then in force (a resume may change the batch)."""
-        known = [(e["step"], e["tokens"]) for e in self.logs + self.evals if e["step"] <= step and finite(e.get("tokens"))]
+        known = [
+            (e["step"], e["tokens"]) for e in self.logs + self.evals if e["step"] <= step and finite(e.get("tokens"))
+        ]
         base_step, base_tokens = max(known) if known else (0, 0)
         per_iter = self.start_at(step).get("tokens_per_iter") or 0
         return int(base_tokens + (step - base_step) * per_iter)

@@ -41,7 +41,10 @@ def _inspect_dataset(data_dir: Path) -> int:
     print(f"  train {totals['train_tokens']:,} tokens in {len(manifest['shards']['train'])} shards; "
           f"val {totals['val_tokens']:,} tokens in {len(manifest['shards']['val'])} shards")
     for v in manifest.get("versions", []):
-        print(f"  version {v['version']} ({v['added']}): +{len(v['sources'])} sources -> {v['train_tokens']:,} train tokens")
+        print(
+            f"  version {v['version']} ({v['added']}): +{len(v['sources'])} sources -> "
+            f"{v['train_tokens']:,} train tokens"
+        )
     leftovers = orphan_files(data_dir, manifest)
     if leftovers:
         print(f"  {len(leftovers)} file(s) from an interrupted prepare are not part of the dataset "

@@ -16,5 +16,7 @@ def train_command(cfg: Config) -> dict:
     if init in ("scratch", "resume"):
         return train(cfg)
     if not Path(init).is_dir():
-        raise UserError(f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory")
+        raise UserError(
+            f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory"
+        )
     return train(cfg, pretrained=load_hf_gpt2(init, dropout=cfg.model.dropout))

@@ -96,7 +96,9 @@ def open_dataset(data_dir: str | Path) -> Dataset:
         raise UserError("no dataset given: set --data=DATA_DIR (a directory made by `gptforge prepare`)")
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
-        raise UserError(f"data directory {str(data_dir)!r} does not exist (set --data=DATA_DIR, made by `gptforge prepare`)")
+        raise UserError(
+            f"data directory {str(data_dir)!r} does not exist (set --data=DATA_DIR, made by `gptforge prepare`)"
+        )
     manifest = load_manifest(data_dir)
     if manifest is not None:
         tok = manifest["tokenizer"]

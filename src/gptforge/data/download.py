@@ -116,7 +116,9 @@ def _expand(template: str, index: int) -> str:
     try:
         return template.format(index=index)
     except (KeyError, IndexError, ValueError) as e:
-        raise UserError(f"URL template {template}: cannot fill in the shard index ({e}); use {{index}} or {{index:05d}}") from None
+        raise UserError(
+            f"URL template {template}: cannot fill in the shard index ({e}); use {{index}} or {{index:05d}}"
+        ) from None
 
 
 def plan(name: str, out: str | os.PathLike, shards: int, start: int = 0, mirror: str | None = None) -> list[Job]:
@@ -185,7 +187,9 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 def _status_error(url: str, code: int, reason: str, headers) -> Exception:
     if code == 429 or code >= 500:
         retry_after = headers.get("Retry-After") if headers else None
-        return _Transient(f"HTTP {code} {reason}".rstrip(), float(retry_after) if (retry_after or "").isdigit() else None)
+        return _Transient(
+            f"HTTP {code} {reason}".rstrip(), float(retry_after) if (retry_after or "").isdigit() else None
+        )
     hint = ""
     if code in (401, 403):
         hint = f" (a gated dataset? set {TOKEN_ENV[0]} to an access token that may read it)"
@@ -210,7 +214,9 @@ class _Http:
         """Follow redirects; returns (response, hops) where hops are the headers of each redirect answer."""
         hops, current = [], url
         for _ in range(10):
-            req = urllib.request.Request(current, method=method, headers={"User-Agent": "gptforge-download", **(headers or {})})
+            req = urllib.request.Request(
+                current, method=method, headers={"User-Agent": "gptforge-download", **(headers or {})}
+            )
             if self._auth(current):  # never sent along a redirect to another host (e.g. a CDN)
                 req.add_unredirected_header("Authorization", f"Bearer {self.token}")
             try:
@@ -264,8 +270,10 @@ def _content_range_total(value: str | None) -> tuple[int | None, int | None]:
 
 # --------------------------------------------------------------------------------------------- one file
 
+
 class _Fetcher:
-    def __init__(self, http: _Http, policy: RetryPolicy, progress: "_Progress", stop: threading.Event, record: "_Record"):
+    def __init__(self, http: _Http, policy: RetryPolicy, progress: "_Progress", stop: threading.Event,
+                 record: "_Record"):
         self.http, self.policy, self.progress, self.stop, self.record = http, policy, progress, stop, record
 
     def _retrying(self, job: Job, step):
@@ -323,7 +331,8 @@ class _Fetcher:
             if expected[0] is None or expected[0] == have:
                 self.record.add(job, have, None)
                 return "skipped", 0
-            self.progress.say(f"{job.path}: {have:,} bytes on disk but the server has {expected[0]:,}; fetching it again")
+            self.progress.say(f"{job.path}: {have:,} bytes on disk but the server has {expected[0]:,}; "
+                              "fetching it again")
         received = [0]
         self._retrying(job, lambda: self._transfer(job, expected, received))
         return "fetched", received[0]

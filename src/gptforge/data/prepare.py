@@ -186,7 +186,9 @@ def _check_out_dir(out: Path) -> dict | None:
         leftovers = set(orphan_files(out, None))
         others = [p for p in out.iterdir() if p not in leftovers and p.name != TOKENIZER_DIR]
         if others:
-            raise UserError(f"--out {out} is not empty and has no manifest.json: not a gptforge dataset, refusing to write into it")
+            raise UserError(
+                f"--out {out} is not empty and has no manifest.json: not a gptforge dataset, refusing to write into it"
+            )
     return manifest
 
 
@@ -322,7 +324,11 @@ def prepare(
         moved = move_tail(train, val, _tail_tokens(rule, fresh, train.total, val.total))
         val.close()
         if train.total == 0 and val.total == 0:
-            raise UserError("the sources hold no documents (all empty" + (f" or shorter than --min-chars {min_chars}" if min_chars else "") + ")")
+            raise UserError(
+                "the sources hold no documents (all empty"
+                + (f" or shorter than --min-chars {min_chars}" if min_chars else "")
+                + ")"
+            )
         if fresh:
             tok.save(out / TOKENIZER_DIR)
         _record(manifest, sources, tallies, train, val, moved, time.time() - started)
@@ -414,15 +420,23 @@ def _print_summary(manifest: dict, sources: list[Source], tallies: dict[int, Sou
         for k, v in s["skipped"].items():
             skipped[k] = skipped.get(k, 0) + v
     totals = manifest["totals"]
-    print(f"added {len(sources)} source(s): {docs:,} documents, {chars:,} characters, {tokens:,} tokens "
-          f"({chars / max(tokens, 1):.2f} chars/token) in {seconds:.1f}s ({tokens / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)")
-    print(f"  train {sum(s['train_tokens'] for s in added):,} tokens, val {sum(s['val_tokens'] for s in added):,} tokens "
-          f"(split: {manifest['split']['rule']}, val fraction {manifest['split']['val_fraction']})")
+    print(
+        f"added {len(sources)} source(s): {docs:,} documents, {chars:,} characters, {tokens:,} tokens "
+        f"({chars / max(tokens, 1):.2f} chars/token) in {seconds:.1f}s "
+        f"({tokens / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)"
+    )
+    print(
+        f"  train {sum(s['train_tokens'] for s in added):,} tokens, val {sum(s['val_tokens'] for s in added):,} tokens "
+        f"(split: {manifest['split']['rule']}, val fraction {manifest['split']['val_fraction']})"
+    )
     if skipped:
         print("  skipped: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(skipped.items())))
-    print(f"dataset version {len(manifest['versions'])}: {totals['documents']:,} documents, {totals['train_tokens']:,} train "
-          f"and {totals['val_tokens']:,} val tokens in {len(manifest['shards']['train'])} + {len(manifest['shards']['val'])} "
-          f"shards; tokenizer {manifest['tokenizer']['name']} (vocab {manifest['tokenizer']['vocab_size']:,})")
+    print(
+        f"dataset version {len(manifest['versions'])}: {totals['documents']:,} documents, "
+        f"{totals['train_tokens']:,} train and {totals['val_tokens']:,} val tokens in "
+        f"{len(manifest['shards']['train'])} + {len(manifest['shards']['val'])} shards; "
+        f"tokenizer {manifest['tokenizer']['name']} (vocab {manifest['tokenizer']['vocab_size']:,})"
+    )
 
 
 def train_tokenizer(specs: list[str], out: str | os.PathLike, vocab_size: int, max_chars: int = 2_000_000_000,

@@ -124,5 +124,6 @@ def check_token_ids(path: Path, tokens: np.ndarray, vocab_size: int, chunk: int 
         if top >= vocab_size:
             where = start + int(np.argmax(tokens[start : start + chunk] >= vocab_size))
             raise UserError(
-                f"shard {path}: token id {int(tokens[where])} at position {where} is not below the vocab size {vocab_size}"
+                f"shard {path}: token id {int(tokens[where])} at position {where} is not below the vocab size "
+                f"{vocab_size}"
             )

@@ -106,7 +106,9 @@ class CharTokenizer(Tokenizer):
         return ids.astype(np.uint32)
 
     def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] if i < len(self.chars) else ("\n" if i == self.eot_id else "") for i in map(int, ids))
+        return "".join(
+            self.chars[i] if i < len(self.chars) else ("\n" if i == self.eot_id else "") for i in map(int, ids)
+        )
 
     def save(self, directory: str | os.PathLike) -> None:
         directory = Path(directory)
@@ -212,7 +214,9 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
     if not meta_path.is_file():
         if (directory / "tokenizer.json").is_file():
             return _trained_bpe(directory)
-        raise UserError(f"tokenizer directory {directory} has no {META_FILE} (make one with `gptforge tokenizer train`)")
+        raise UserError(
+            f"tokenizer directory {directory} has no {META_FILE} (make one with `gptforge tokenizer train`)"
+        )
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
         kind = meta["kind"]

@@ -80,7 +80,9 @@ def export_command(run_dir, fmt: str = "hf", out: str | os.PathLike = "") -> Pat
 
     run_dir, out = Path(run_dir), Path(out)
     if fmt != "hf":
-        raise UserError(f"--format {fmt!r} is not supported; the only export format is 'hf' (Hugging Face transformers)")
+        raise UserError(
+            f"--format {fmt!r} is not supported; the only export format is 'hf' (Hugging Face transformers)"
+        )
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

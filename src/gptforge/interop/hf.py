@@ -54,7 +54,9 @@ def model_config_from_hf(doc: dict, where: str) -> ModelConfig:
     ]
     for key, ok, wanted in checks:
         if not ok:
-            raise UserError(f"{where}: {key} = {doc.get(key)!r} is not supported (the gpt2 arch is GPT-2 with {key} = {wanted})")
+            raise UserError(
+                f"{where}: {key} = {doc.get(key)!r} is not supported (the gpt2 arch is GPT-2 with {key} = {wanted})"
+            )
     cfg = ModelConfig(arch="gpt2", n_layer=n_layer, n_head=n_head, n_embd=n_embd,
                       block_size=doc.get("n_positions", doc.get("n_ctx", 1024)),
                       vocab_size=doc.get("vocab_size", GPT2_VOCAB), bias=True, dropout=0.0)

@@ -77,7 +77,10 @@ def _convert_model(state: dict, model: GPT, where: Path) -> dict:
     missing = sorted(set(expected) - set(plain))
     unexpected = sorted(set(plain) - set(expected))
     if missing or unexpected:
-        parts = [f"missing {', '.join(missing[:3])}" if missing else "", f"unexpected {', '.join(unexpected[:3])}" if unexpected else ""]
+        parts = [
+            f"missing {', '.join(missing[:3])}" if missing else "",
+            f"unexpected {', '.join(unexpected[:3])}" if unexpected else "",
+        ]
         raise UserError(f"{where}: the weights do not fit model_args ({'; '.join(p for p in parts if p)})")
     out = {}
     for name, want in expected.items():
@@ -85,7 +88,9 @@ def _convert_model(state: dict, model: GPT, where: Path) -> dict:
         if name in ("transformer.wte.weight", "lm_head.weight"):
             tensor = _fit_rows(tensor, want.shape[0])
         if tensor.shape != want.shape:
-            raise UserError(f"{where}: {name} has shape {tuple(plain[name].shape)}, model_args imply {tuple(want.shape)}")
+            raise UserError(
+                f"{where}: {name} has shape {tuple(plain[name].shape)}, model_args imply {tuple(want.shape)}"
+            )
         out[name] = tensor
     return out
 

@@ -19,7 +19,8 @@ def _pct(fraction: float | None) -> str:
 
 
 def iter_line(step: int, loss: float, dt_ms: float, mfu_fraction: float | None, tok_per_s: float, lr: float) -> str:
-    return f"iter {step}: loss {loss:.4f}, time {dt_ms:.2f}ms, mfu {_pct(mfu_fraction)}, {tok_per_s:,.0f} tok/s, lr {lr:.3e}"
+    return (f"iter {step}: loss {loss:.4f}, time {dt_ms:.2f}ms, mfu {_pct(mfu_fraction)}, {tok_per_s:,.0f} tok/s, "
+            f"lr {lr:.3e}")
 
 
 def eval_line(step: int, train_loss: float, val_loss: float, seconds: float) -> str:

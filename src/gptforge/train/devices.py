@@ -72,7 +72,10 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("l40s", 362e12),  # L40S datasheet: 733 TFLOPS bf16 with sparsity -> 362 dense
     ("l40", 181e12),  # L40 datasheet: 362 TFLOPS bf16 with sparsity -> 181 dense
     ("l4", 121e12),  # L4 datasheet: 242 TFLOPS bf16 with sparsity -> 121 dense
-    ("rtx 5090", 209.5e12),  # RTX Blackwell whitepaper: BF16 with FP32 accumulate 209.5 dense (838 sparse FP16-acc headline)
+    (
+        "rtx 5090",
+        209.5e12,
+    ),  # RTX Blackwell whitepaper: BF16 with FP32 accumulate 209.5 dense (838 sparse FP16-acc headline)
     ("rtx 4090", 165.2e12),  # Ada whitepaper, RTX 4090: BF16 with FP32 accumulate 165.2 dense
     ("rtx 4080 super", 104.4e12),  # Ada whitepaper per-tensor-core rate: 320 TCs x 2.55 GHz, FP32 accumulate
     ("rtx 4080", 97.5e12),  # Ada whitepaper, RTX 4080: BF16 with FP32 accumulate 97.5 dense

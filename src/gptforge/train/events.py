@@ -26,15 +26,19 @@ class MetricsLog:
             try:
                 import wandb
             except ImportError:
-                raise UserError("wandb_log is on but wandb is not installed: pip install wandb, or set --wandb_log=false") from None
+                raise UserError(
+                    "wandb_log is on but wandb is not installed: pip install wandb, or set --wandb_log=false"
+                ) from None
             self.wandb = wandb
             wandb.init(project=wandb_project, name=wandb_run_name or None, config=config or {})
         if tensorboard and run_dir is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:
-                raise UserError("tensorboard is on but the tensorboard package is not installed: pip install tensorboard, "
-                                "or set --tensorboard=false") from None
+                raise UserError(
+                    "tensorboard is on but the tensorboard package is not installed: pip install tensorboard, "
+                    "or set --tensorboard=false"
+                ) from None
             self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
     def write(self, event: str, step: int, **fields) -> None:

@@ -28,7 +28,9 @@ def _n_blocks(n_tokens: int, block_size: int) -> int:
 class TrainLoader:
     """Batches of `batch_size` blocks; `state_dict()` after a batch resumes exactly after that batch."""
 
-    def __init__(self, dataset: Dataset, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self, dataset: Dataset, batch_size: int, block_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ):
         self.dataset, self.batch_size, self.block_size, self.seed = dataset, batch_size, block_size, seed
         self.rank, self.world_size = rank, world_size
         self.n_blocks = _n_blocks(dataset.train_tokens, block_size)
@@ -51,7 +53,9 @@ class TrainLoader:
         prev = n0
         for k, (n_new, pos) in enumerate(self.growth):
             rest = np.concatenate([order[pos:], np.arange(prev, n_new)])
-            order = np.concatenate([order[:pos], np.random.default_rng([self.seed, self.epoch, k + 1]).permutation(rest)])
+            order = np.concatenate(
+                [order[:pos], np.random.default_rng([self.seed, self.epoch, k + 1]).permutation(rest)]
+            )
             prev = n_new
         return order
 
@@ -100,7 +104,9 @@ class TrainLoader:
 
     def load_state_dict(self, state: dict) -> None:
         if state["block_size"] != self.block_size:
-            raise UserError(f"the checkpoint's loader used block_size {state['block_size']}, this run {self.block_size}")
+            raise UserError(
+                f"the checkpoint's loader used block_size {state['block_size']}, this run {self.block_size}"
+            )
         old_shards, new_shards = list(state["train_shards"]), list(self.dataset.train.names)
         if new_shards[: len(old_shards)] != old_shards or state["train_tokens"] > self.dataset.train_tokens:
             raise UserError(

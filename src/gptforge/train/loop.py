@@ -40,7 +40,9 @@ MODEL_KEYS = ["arch", "n_layer", "n_head", "n_embd", "block_size", "vocab_size",
 def _resolve_model_config(cfg: Config, dataset) -> Config:
     vocab = cfg.model.vocab_size or dataset.vocab_size
     if vocab < dataset.vocab_size:
-        raise UserError(f"config key 'vocab_size' ({vocab}) is smaller than the dataset's vocabulary ({dataset.vocab_size})")
+        raise UserError(
+            f"config key 'vocab_size' ({vocab}) is smaller than the dataset's vocabulary ({dataset.vocab_size})"
+        )
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
@@ -49,11 +51,15 @@ def _build_model(cfg: Config, dataset, pretrained: GPT | None) -> tuple[GPT, Con
     if init in ("scratch", "resume"):
         return GPT(cfg.model), cfg
     if pretrained is None:
-        raise UserError(f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory")
+        raise UserError(
+            f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory"
+        )
     model = pretrained
     if dataset.vocab_size > model.cfg.vocab_size:
-        raise UserError(f"init_from {init}: the model's vocabulary ({model.cfg.vocab_size}) is smaller than the dataset's "
-                        f"({dataset.vocab_size}); prepare the data with the gpt2 tokenizer")
+        raise UserError(
+            f"init_from {init}: the model's vocabulary ({model.cfg.vocab_size}) is smaller than the dataset's "
+            f"({dataset.vocab_size}); prepare the data with the gpt2 tokenizer"
+        )
     if cfg.model.block_size < model.cfg.block_size:
         model.crop_block_size(cfg.model.block_size)  # a shorter context than GPT-2's 1024 to save memory
     return model, dataclasses.replace(cfg, model=dataclasses.replace(model.cfg))
@@ -203,8 +209,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     if tc.fsdp and not fsdp:
         console.print("fsdp=true with one process: nothing to shard, training unsharded")
     if world > 1:
-        console.print(f"gradient_accumulation_steps {tc.gradient_accumulation_steps} is global: {accum} micro-batch(es) "
-                      f"of {tc.batch_size} per process per step")
+        console.print(f"gradient_accumulation_steps {tc.gradient_accumulation_steps} is global: "
+                      f"{accum} micro-batch(es) of {tc.batch_size} per process per step")
     console.print(f"parameters {params:,} total, {params_ne:,} non-embedding; {flops_per_token:,.0f} FLOPs/token")
     console.print(f"tokens per iteration {tokens_per_iter:,} ({tc.batch_size} x {cfg.model.block_size} x "
                   f"{tc.gradient_accumulation_steps}); max_iters {max_iters:,}; planned tokens {planned_tokens:,} "
@@ -244,10 +250,19 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
     def save(is_best: bool) -> None:
         t0 = time.time()
-        state = {"step": step, "tokens_seen": tokens_seen, "epoch": loader.epoch_float, "config": cfg.flat(),
-                 "tokenizer": tokenizer_identity, "loader": loader.state_dict(), "guard": guard.state_dict(),
-                 "best_val_loss": best_val, "val_loss": last_val, "world_size": world,
-                 "dataset": {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens}}
+        state = {
+            "step": step,
+            "tokens_seen": tokens_seen,
+            "epoch": loader.epoch_float,
+            "config": cfg.flat(),
+            "tokenizer": tokenizer_identity,
+            "loader": loader.state_dict(),
+            "guard": guard.state_dict(),
+            "best_val_loss": best_val,
+            "val_loss": last_val,
+            "world_size": world,
+            "dataset": {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens},
+        }
         extra = dist.rng_state(device)
         if world > 1:  # every rank's dropout streams, for an exact resume at the same world size
             extra["rank_rng"] = dist.all_gather_object({k: v.cpu() for k, v in extra.items()})
@@ -391,8 +406,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                 console.print(line)
                 if log:
                     log.write("log", step, tokens=tokens_seen, epoch=loader.epoch_float, loss=loss_value, lr=lr,
-                              dt_ms=round(dt * 1000, 3), tok_per_s=round(tok_per_s, 1), mfu=fraction, grad_norm=grad_norm,
-                              tok_per_s_per_gpu=round(per_gpu, 1),
+                              dt_ms=round(dt * 1000, 3), tok_per_s=round(tok_per_s, 1), mfu=fraction,
+                              grad_norm=grad_norm, tok_per_s_per_gpu=round(per_gpu, 1),
                               tflops_per_gpu=round(flops_per_token * per_gpu / 1e12, 4))
             console.progress(step, max_iters, sum(step_times) / len(step_times))
 

@@ -77,10 +77,14 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
     last_step = max([e["step"] for e in logs + evals] or [0])
     tokens_per_iter = start.get("tokens_per_iter") or (
         config.get("batch_size", 0) * config.get("gradient_accumulation_steps", 0) * config.get("block_size", 0))
-    tokens_seen = max([e.get("tokens", 0) for e in logs + evals if finite(e.get("tokens"))] or [last_step * tokens_per_iter])
+    tokens_seen = max(
+        [e.get("tokens", 0) for e in logs + evals if finite(e.get("tokens"))] or [last_step * tokens_per_iter]
+    )
     data_tokens = dataset_train_tokens or start.get("dataset_train_tokens")
     spans = version_spans(run, last_step, tokens_seen)
-    epochs = next((e["epoch"] for e in reversed(logs + evals) if finite(e.get("epoch")) and e["step"] == last_step), None)
+    epochs = next(
+        (e["epoch"] for e in reversed(logs + evals) if finite(e.get("epoch")) and e["step"] == last_step), None
+    )
     if (epochs is None or len(spans) > 1) and data_tokens:
         epochs = tokens_seen / data_tokens  # the loader's count restarts its epoch when the data grows
     if dataset_train_tokens and start.get("dataset_train_tokens") not in (None, dataset_train_tokens):
@@ -92,14 +96,27 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
     train_pts, val_pts = _points(logs, "loss"), _points(evals, "val_loss")
     eval_train_pts = _points(evals, "train_loss")
     facts = {
-        "last_step": last_step, "max_iters": max_iters, "tokens_per_iter": tokens_per_iter, "tokens_seen": tokens_seen,
-        "dataset_train_tokens": data_tokens, "epochs": epochs, "planned_epochs": start.get("planned_epochs"),
-        "params": params, "params_non_embedding": start.get("params_non_embedding"),
-        "tokens_per_param": tokens_seen / params if params else None, "chars_per_token": chars_per_token,
-        "end_reason": run.end_reason, "spikes": len(run.spikes), "nan_skips": len(run.nan_skips),
+        "last_step": last_step,
+        "max_iters": max_iters,
+        "tokens_per_iter": tokens_per_iter,
+        "tokens_seen": tokens_seen,
+        "dataset_train_tokens": data_tokens,
+        "epochs": epochs,
+        "planned_epochs": start.get("planned_epochs"),
+        "params": params,
+        "params_non_embedding": start.get("params_non_embedding"),
+        "tokens_per_param": tokens_seen / params if params else None,
+        "chars_per_token": chars_per_token,
+        "end_reason": run.end_reason,
+        "spikes": len(run.spikes),
+        "nan_skips": len(run.nan_skips),
         "max_consecutive_nan": max([e.get("consecutive", 1) for e in run.nan_skips] or [0]),
-        "max_nan_skips": config.get("max_nan_skips", 5), "evals": len(val_pts), "skipped_lines": run.skipped_lines,
-        "device": start.get("device"), "device_name": start.get("device_name"), "world_size": start.get("world_size", 1),
+        "max_nan_skips": config.get("max_nan_skips", 5),
+        "evals": len(val_pts),
+        "skipped_lines": run.skipped_lines,
+        "device": start.get("device"),
+        "device_name": start.get("device_name"),
+        "world_size": start.get("world_size", 1),
     }
     facts["versions"], facts["growths"], facts["since"] = spans, growths(run, spans), since
     facts["train_now"] = eval_train_pts[-1][1] if eval_train_pts else (
@@ -123,7 +140,9 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
     warmup = config.get("warmup_iters", 0)
     after_warmup = [p for p in train_pts if p[0] > warmup]
     # a jump where new data came in is not instability: look for climbs within each dataset version
-    pieces = [[p for p in after_warmup if s.start_step < p[0] <= s.end_step] for s in spans] if since else [after_warmup]
+    pieces = (
+        [[p for p in after_warmup if s.start_step < p[0] <= s.end_step] for s in spans] if since else [after_warmup]
+    )
     rebounds = [r for r in map(curves.worst_rebound, pieces) if r is not None]
     facts["rebound"] = max(rebounds, key=lambda r: r.rise) if rebounds else None
     facts["oscillation"] = curves.oscillation(after_warmup)
@@ -140,7 +159,8 @@ def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = N
     grad_norms = [e["grad_norm"] for e in logs if finite(e.get("grad_norm"))]
     facts["grad_norm_median"] = sorted(grad_norms)[len(grad_norms) // 2] if grad_norms else None
     facts["grad_norm_max"] = max(grad_norms) if grad_norms else None
-    batches = next((e.get("eval_batches") for e in reversed(evals) if e.get("eval_batches")), None) or config.get("eval_iters")
+    batches = (next((e.get("eval_batches") for e in reversed(evals) if e.get("eval_batches")), None)
+               or config.get("eval_iters"))
     sequences = (batches or 0) * config.get("batch_size", 0)
     facts["eval_sequences"] = sequences
     facts["eval_tokens"] = sequences * config.get("block_size", 0)
@@ -174,8 +194,10 @@ def _diverged(f: dict, run: RunLog, cfg: dict) -> Finding | None:
     ev, began = [], None
     if blew_up:
         began = rb.min_x
-        ev.append(f"the train loss fell to {rb.min_value:.3f} by step {rb.min_x:.0f}, then climbed {rb.rise:.2f} to "
-                  f"{rb.min_value + rb.rise:.3f} by step {rb.peak_x:.0f}")
+        ev.append(
+            f"the train loss fell to {rb.min_value:.3f} by step {rb.min_x:.0f}, then climbed {rb.rise:.2f} to "
+            f"{rb.min_value + rb.rise:.3f} by step {rb.peak_x:.0f}"
+        )
     if f["nan_skips"]:
         ev.append(f"{f['nan_skips']} non-finite losses from step {f['first_nan_step']} "
                   f"(at most {f['max_consecutive_nan']} in a row; the run stops at {f['max_nan_skips']})")
@@ -189,11 +211,15 @@ def _diverged(f: dict, run: RunLog, cfg: dict) -> Finding | None:
         ev.append(f"gradient norm: median {f['grad_norm_median']:.3g}, max {f['grad_norm_max']:.3g}")
     safe = [s for s in f["checkpoint_steps"] if began is None or s <= began]
     peak = cfg.get("learning_rate")
-    advice = [f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})" if peak else "lower the learning rate 2-3x",
-              f"warm up longer (warmup_iters={max(2 * f['warmup_iters'], 100)})"]
+    advice = [
+        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
+        if peak
+        else "lower the learning rate 2-3x",
+        f"warm up longer (warmup_iters={max(2 * f['warmup_iters'], 100)})",
+    ]
     if safe:
-        advice.insert(0, f"restart from the checkpoint of step {safe[-1]} (saved before the divergence) with the lower LR; "
-                         "later checkpoints hold the diverged weights")
+        advice.insert(0, f"restart from the checkpoint of step {safe[-1]} (saved before the divergence) with the "
+                         "lower LR; later checkpoints hold the diverged weights")
     if not cfg.get("grad_clip"):
         advice.append("turn gradient clipping on (--grad_clip=1.0)")
     if cfg.get("dtype") == "float16":
@@ -205,10 +231,16 @@ def _diverged(f: dict, run: RunLog, cfg: dict) -> Finding | None:
 def _nan_skips(f: dict) -> Finding | None:
     if not f["nan_skips"]:
         return None
-    return Finding("nan_skips", 55, f"{f['nan_skips']} non-finite loss(es) skipped",
-                   [f"first at step {f['first_nan_step']}, at most {f['max_consecutive_nan']} in a row; the steps were "
-                    "skipped with the weights untouched"],
-                   ["isolated skips are harmless; if they recur, lower the learning rate or use bf16 instead of fp16"])
+    return Finding(
+        "nan_skips",
+        55,
+        f"{f['nan_skips']} non-finite loss(es) skipped",
+        [
+            f"first at step {f['first_nan_step']}, at most {f['max_consecutive_nan']} in a row; the steps were "
+            "skipped with the weights untouched"
+        ],
+        ["isolated skips are harmless; if they recur, lower the learning rate or use bf16 instead of fp16"],
+    )
 
 
 def _overfitting(f: dict, cfg: dict) -> Finding | None:
@@ -221,10 +253,13 @@ def _overfitting(f: dict, cfg: dict) -> Finding | None:
     train_then, train_now = f["train_at_val_min"], f["train_now"]
     if train_then is not None and train_now is not None and train_now >= train_then - 0.01:
         return None  # train rising too: instability, not memorisation
-    ev = [f"val loss bottomed at {f['val_min']:.4f} at step {f['val_min_step']:,} and is {f['val_now']:.4f} now "
-          f"(+{rise:.3f}) at step {f['last_step']:,}"]
+    ev = [
+        f"val loss bottomed at {f['val_min']:.4f} at step {f['val_min_step']:,} and is {f['val_now']:.4f} now "
+        f"(+{rise:.3f}) at step {f['last_step']:,}"
+    ]
     if train_then is not None:
-        ev.append(f"meanwhile the train loss kept falling, {train_then:.4f} -> {train_now:.4f}; the gap is {f['gap']:.3f}")
+        ev.append(f"meanwhile the train loss kept falling, {train_then:.4f} -> {train_now:.4f}; "
+                  f"the gap is {f['gap']:.3f}")
     if f["epochs"]:
         ev.append(f"{f['epochs']:.1f} epochs over {count(f['dataset_train_tokens'] or 0)} train tokens")
     drop = cfg.get("dropout", 0.0)
@@ -238,7 +273,8 @@ def _overfitting(f: dict, cfg: dict) -> Finding | None:
 def _plateau_evidence(f: dict) -> str:
     t = f["trend"]
     why = ("within its noise" if abs(t.change) <= 2 * t.change_se else
-           f"under the {curves.PLATEAU_FLOOR * 100:.0f}% of the loss ({curves.PLATEAU_FLOOR * t.level:.3f}) that counts as progress")
+           f"under the {curves.PLATEAU_FLOOR * 100:.0f}% of the loss ({curves.PLATEAU_FLOOR * t.level:.3f}) "
+           "that counts as progress")
     return (f"{f['curve']} loss {t.level:.4f}, changed {t.change:+.4f} (± {t.change_se:.4f}) over the last "
             f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): {why}")
 
@@ -261,8 +297,10 @@ def _data_limited(f: dict, run: RunLog) -> Finding | None:
               f"{need['shards']:,} FineWeb-Edu shards (gptforge download ... --shards {need['shards']}, then prepare)"]
     if f["params"]:
         n_opt, d_opt = compute_optimal(f["params"], tokens)
-        ev.append(f"{count(f['params'])} parameters trained on {f['tokens_per_param']:.0f} tokens each "
-                  f"(Chinchilla: {CHINCHILLA:.0f})")
+        ev.append(
+            f"{count(f['params'])} parameters trained on {f['tokens_per_param']:.0f} tokens each "
+            f"(Chinchilla: {CHINCHILLA:.0f})"
+        )
         advice.append(f"for the same compute Chinchilla suggests ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
                       "(a larger model, fewer steps), which also needs the fresh data")
     advice.append(f"until then, stop earlier: the last {f['trend'].end - f['trend'].start:,.0f} steps bought "
@@ -279,17 +317,21 @@ def _plateau(f: dict) -> Finding | None:
     if sched and sched["multiplier"] > 0.5 and (f["progress"] or 0) < 0.9:
         ev.append(f"the LR is still {sched['multiplier'] * 100:.0f}% of its peak ({sched['schedule']} schedule, "
                   f"{(f['progress'] or 0) * 100:.0f}% through)")
-        advice.append("the loss usually drops again while the LR decays: let the schedule finish, or use "
-                      "--schedule=wsd and decay now")
+        advice.append(
+            "the loss usually drops again while the LR decays: let the schedule finish, or use "
+            "--schedule=wsd and decay now"
+        )
     tpp = f["tokens_per_param"]
     if tpp and tpp > 5 * CHINCHILLA:
         n_opt, d_opt = compute_optimal(f["params"], f["tokens_seen"])
         ev.append(f"{tpp:.0f} tokens per parameter, {tpp / CHINCHILLA:.0f}x Chinchilla's {CHINCHILLA:.0f}")
-        advice.append(f"the model is small for this budget: ~{count(n_opt)} parameters on ~{count(d_opt)} tokens would use "
-                      "the same compute better")
+        advice.append(f"the model is small for this budget: ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
+                      "would use the same compute better")
     if not advice:
-        advice.append("this is as low as this model, data and schedule go: a larger model, more data, or a lower "
-                      "final LR (min_lr) to squeeze the rest")
+        advice.append(
+            "this is as low as this model, data and schedule go: a larger model, more data, or a lower "
+            "final LR (min_lr) to squeeze the rest"
+        )
     return Finding("plateau", 70, "The loss has plateaued", ev, advice)
 
 
@@ -306,16 +348,20 @@ def _lr_too_high(f: dict, run: RunLog, cfg: dict) -> Finding | None:
         ev.append(f"{spikes} loss spike(s) after warmup (steps {steps})")
     if climbed:
         lr = _lr_at(run, rb.min_x)
-        ev.append(f"the smoothed train loss climbed {rb.rise:.3f} from {rb.min_value:.3f} (step {rb.min_x:.0f}) to step "
-                  f"{rb.peak_x:.0f}" + (f", at LR {lr:.3g}" if lr else ""))
+        ev.append(f"the smoothed train loss climbed {rb.rise:.3f} from {rb.min_value:.3f} (step {rb.min_x:.0f}) "
+                  f"to step {rb.peak_x:.0f}" + (f", at LR {lr:.3g}" if lr else ""))
     if shaky:
         ev.append(f"the loss swings {osc * 100:.0f}% around its trend from one log to the next")
     if f["grad_norm_max"]:
         ev.append(f"gradient norm: median {f['grad_norm_median']:.3g}, max {f['grad_norm_max']:.3g}")
     peak = cfg.get("learning_rate")
-    advice = [f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})" if peak else "lower the learning rate 2-3x",
-              f"a longer warmup (now {f['warmup_iters']} iterations = {count(f['warmup_tokens'])} tokens)",
-              "a larger batch (more gradient_accumulation_steps) smooths the updates"]
+    advice = [
+        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
+        if peak
+        else "lower the learning rate 2-3x",
+        f"a longer warmup (now {f['warmup_iters']} iterations = {count(f['warmup_tokens'])} tokens)",
+        "a larger batch (more gradient_accumulation_steps) smooths the updates",
+    ]
     if not cfg.get("grad_clip"):
         advice.append("gradient clipping (--grad_clip=1.0)")
     return Finding("lr_too_high", 80, "The learning rate looks too high: the loss oscillates and spikes", ev, advice)
@@ -327,24 +373,27 @@ def _spikes(f: dict, run: RunLog) -> Finding | None:
     e = run.spikes[0]
     return Finding("spikes", 35, f"{len(run.spikes)} loss spike(s)",
                    [f"e.g. step {e['step']}: {e['loss']:.3f} against a recent {e['mean']:.3f} ± {e['std']:.3f}"],
-                   ["occasional spikes that recover are common; if they repeat, lower the LR or set --skip_spikes=true"])
+                   ["occasional spikes that recover are common; if they repeat, lower the LR or set "
+                    "--skip_spikes=true"])
 
 
 def _still_improving(f: dict) -> Finding | None:
     t = f["trend"]
     if t.status != "improving":
         return None
-    ev = [f"{f['curve']} loss fell {-t.change:.4f} (± {t.change_se:.4f}) over the last {t.end - t.start:,.0f} steps, "
-          f"to {t.level:.4f}"]
+    ev = [
+        f"{f['curve']} loss fell {-t.change:.4f} (± {t.change_se:.4f}) over the last {t.end - t.start:,.0f} steps, "
+        f"to {t.level:.4f}"
+    ]
     advice = []
     tpp = f["tokens_per_param"]
     if tpp is not None:
         ev.append(f"{tpp:.1f} tokens per parameter (Chinchilla-optimal: {CHINCHILLA:.0f})")
     if f["end_reason"] == "max_iters" or (f["progress"] or 0) >= 1:
         more = 2 * f["max_iters"]
-        advice.append(f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f['max_iters']} keeps the LR "
-                      "at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), or start a "
-                      "longer run")
+        advice.append(f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f['max_iters']} "
+                      "keeps the LR at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), "
+                      "or start a longer run")
     else:
         advice.append("nothing to fix: let it run")
     return Finding("still_improving", 10, "Still improving", ev, advice)
@@ -420,7 +469,8 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
         findings += [_lr_too_high(f, run, config), _nan_skips(f)]
     if findings[1] is None:
         findings += [_data_limited(f, run), _plateau(f)]
-    findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f), *_throughput(f), _eval_noise(f, config)]
+    findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
+                 *_throughput(f), _eval_noise(f, config)]
     findings += [Finding("data_grew", *finding_parts(g)) for g in f["growths"]]
     found = [x for x in findings if x is not None]
     if run.spikes and not any(x.kind in ("lr_too_high", "diverged") for x in found):

@@ -192,8 +192,11 @@ def finding_parts(g: Growth) -> tuple[int, str, list[str], list[str]]:
         advice = ["look at the new data (gptforge inspect DATA_DIR): a different or noisier text raises the loss until "
                   "the model adapts"]
         if g.lr_before and g.lr_after and g.lr_after > 1.5 * g.lr_before:
-            advice.insert(0, f"the LR jumped at the resume ({g.lr_before:.3g} -> {g.lr_after:.3g}): resume with a lower "
-                             "--learning_rate, or --lr_decay_iters at the old max_iters to stay at min_lr")
+            advice.insert(
+                0,
+                f"the LR jumped at the resume ({g.lr_before:.3g} -> {g.lr_after:.3g}): resume with a lower "
+                "--learning_rate, or --lr_decay_iters at the old max_iters to stay at min_lr",
+            )
         return 65, f"Val rose {change:+.2f} after the data grew at step {g.step:,}", ev, advice
     if g.verdict == "no_change":
         if not used_up:

@@ -54,9 +54,14 @@ def _fmt(value, spec: str = ".4f", none: str = "n/a") -> str:
 
 def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     f = d.facts
-    rows = [("step", f"{f['last_step']:,} of {f['max_iters']:,}" + (f" (ended: {f['end_reason']})" if f["end_reason"] else
-                                                                    " (no end event: running or crashed)")),
-            ("tokens seen", f"{f['tokens_seen']:,} ({count(f['tokens_seen'])}), {f['tokens_per_iter']:,} per iteration")]
+    rows = [
+        (
+            "step",
+            f"{f['last_step']:,} of {f['max_iters']:,}"
+            + (f" (ended: {f['end_reason']})" if f["end_reason"] else " (no end event: running or crashed)"),
+        ),
+        ("tokens seen", f"{f['tokens_seen']:,} ({count(f['tokens_seen'])}), {f['tokens_per_iter']:,} per iteration"),
+    ]
     if f["dataset_train_tokens"]:
         rows.append(("dataset", f"{f['dataset_train_tokens']:,} train tokens ({count(f['dataset_train_tokens'])})"))
     versions = f["versions"]
@@ -67,7 +72,9 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     else:
         rows.append(("epochs", _fmt(f["epochs"], ".2f")))
     if f["params"]:
-        rows.append(("parameters", f"{f['params']:,} ({count(f['params'])}); {f['params_non_embedding'] or 0:,} non-embedding"))
+        rows.append(
+            ("parameters", f"{f['params']:,} ({count(f['params'])}); {f['params_non_embedding'] or 0:,} non-embedding")
+        )
         rows.append(("tokens per parameter", f"{f['tokens_per_param']:.1f} (Chinchilla-optimal: 20)"))
     rows.append(("train loss now", _fmt(f["train_now"])))
     rows.append(("val loss now", _fmt(f["val_now"]) + (f" (perplexity {f['ppl']:.2f})" if f["ppl"] else "")))
@@ -80,13 +87,22 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
         rows.append(("best val", f"{f['val_min']:.4f} at step {f['val_min_step']:,}"))
     t = f["trend"]
     if t.status != "unknown":
-        rows.append((f"{f['curve']} trend (last {t.end - t.start:,.0f} steps)",
-                     f"{t.status}: {t.change:+.4f} ± {t.change_se:.4f}, noise {t.noise:.4f}"))
+        rows.append(
+            (
+                f"{f['curve']} trend (last {t.end - t.start:,.0f} steps)",
+                f"{t.status}: {t.change:+.4f} ± {t.change_se:.4f}, noise {t.noise:.4f}",
+            )
+        )
     rows.append(("spikes / NaN skips", f"{f['spikes']} / {f['nan_skips']}"))
     sched = f["schedule"]
     if sched:
-        rows.append(("learning rate", f"{sched['now']:.3g} now = {sched['multiplier'] * 100:.0f}% of peak {sched['peak']:g} "
-                                      f"({sched['schedule']}, min {sched['min_lr']:g}, {sched['optimizer']})"))
+        rows.append(
+            (
+                "learning rate",
+                f"{sched['now']:.3g} now = {sched['multiplier'] * 100:.0f}% of peak {sched['peak']:g} "
+                f"({sched['schedule']}, min {sched['min_lr']:g}, {sched['optimizer']})",
+            )
+        )
     elif f["lr_logged_now"]:
         rows.append(("learning rate", f"{f['lr_logged_now']:.3g} now, peak logged {f['lr_logged_max']:.3g}"))
     rows.append(("warmup", f"{f['warmup_iters']:,} iterations = {count(f['warmup_tokens'])} tokens"))
@@ -107,9 +123,15 @@ def _versions_section(d: Diagnosis) -> list[str]:
     versions, growths = d.facts["versions"], d.facts["growths"]
     if len(versions) < 2:
         return []
-    lines = ["", "## Dataset versions", "",
-             "Epochs are counted per version: tokens trained while it was the dataset / its train tokens.", "",
-             "| version | train tokens | val tokens | steps | tokens trained | epochs over it |", "|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Dataset versions",
+        "",
+        "Epochs are counted per version: tokens trained while it was the dataset / its train tokens.",
+        "",
+        "| version | train tokens | val tokens | steps | tokens trained | epochs over it |",
+        "|---|---|---|---|---|---|",
+    ]
     for v in versions:
         lines.append(f"| {v.version} | {_fmt(v.train_tokens, ',')} | {_fmt(v.val_tokens, ',')} | "
                      f"{v.start_step:,}-{v.end_step:,} | {v.tokens:,} | {_fmt(v.epochs, '.2f')} |")

@@ -39,8 +39,8 @@ def _compute_block(cfg: Config, plan: dict) -> list[str]:
         f"  iterations            {plan['max_iters']:,}",
         f"  planned tokens        {plan['planned_tokens']:,} ({count(plan['planned_tokens'])}), "
         f"{plan['tokens_per_param']:.1f} tokens per parameter",
-        f"  Chinchilla-optimal    {count(plan['chinchilla_tokens'])} tokens ({CHINCHILLA_TOKENS_PER_PARAM} x parameters); "
-        f"the plan is {verdict}",
+        f"  Chinchilla-optimal    {count(plan['chinchilla_tokens'])} tokens "
+        f"({CHINCHILLA_TOKENS_PER_PARAM} x parameters); the plan is {verdict}",
         f"  total compute         {plan['total_flops']:.3g} FLOPs",
     ]
 
@@ -49,16 +49,31 @@ def _data_block(plan: dict) -> list[str]:
     lines = []
     info = plan["data"]
     if info:
-        cpt = f"{info.chars_per_token:.2f} characters per token" if info.chars_per_token else "characters per token unknown"
+        cpt = (
+            f"{info.chars_per_token:.2f} characters per token"
+            if info.chars_per_token
+            else "characters per token unknown"
+        )
         epochs = plan["epochs"]
-        lines += ["data", f"  {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens; {cpt}",
-                  f"  epochs planned        {epochs:.2f}" + _epoch_warning(epochs), ""]
+        lines += [
+            "data",
+            f"  {info.path}: {info.train_tokens:,} train + {info.val_tokens:,} val tokens; {cpt}",
+            f"  epochs planned        {epochs:.2f}" + _epoch_warning(epochs),
+            "",
+        ]
     need = plan["download"]
-    src = "measured from the data" if need["measured"] else ("assumed: the data does not say" if info else "assumed: no data given")
-    lines += ["download sizing (the planned tokens, each seen once)",
-              f"  raw text              {count(need['chars'])} characters at {need['chars_per_token']:.2f} chars/token ({src})",
-              f"  FineWeb-Edu shards    {need['shards']:,} (about {count(FINEWEB_SHARD_CHARS)} characters each)",
-              f"  token shards on disk  {gib(need['token_bytes'])} (uint16)"]
+    src = (
+        "measured from the data"
+        if need["measured"]
+        else ("assumed: the data does not say" if info else "assumed: no data given")
+    )
+    lines += [
+        "download sizing (the planned tokens, each seen once)",
+        f"  raw text              {count(need['chars'])} characters at {need['chars_per_token']:.2f} chars/token "
+        f"({src})",
+        f"  FineWeb-Edu shards    {need['shards']:,} (about {count(FINEWEB_SHARD_CHARS)} characters each)",
+        f"  token shards on disk  {gib(need['token_bytes'])} (uint16)",
+    ]
     missing = plan.get("download_missing")
     if missing is not None:
         if missing["tokens"] > 0:
@@ -84,11 +99,16 @@ def _memory_block(cfg: Config, plan: dict) -> list[str]:
     head = "  " + " " * 28 + "".join(f"{mode:>14}" for mode in modes)
     lines = [f"memory per GPU (micro-batch {tc.batch_size} x block {m.block_size}, {precision}, "
              f"{cfg.optim.optimizer}{', fsdp' if tc.fsdp and plan['processes'] > 1 else ''})", head]
-    for part, label in (("weights", "weights (fp32)"), ("gradients", "gradients (fp32)"),
-                        ("optimizer", "optimizer states (fp32)"), ("activations", "activations"),
-                        ("logits", "logits and loss")):
+    for part, label in (
+        ("weights", "weights (fp32)"),
+        ("gradients", "gradients (fp32)"),
+        ("optimizer", "optimizer states (fp32)"),
+        ("activations", "activations"),
+        ("logits", "logits and loss"),
+    ):
         lines.append(f"  {label:<28}" + "".join(f"{gib(getattr(plan['memory'][k], part)):>14}" for k in modes))
-    lines.append(f"  {'needed (+5%, +CUDA context)':<28}" + "".join(f"{plan['memory'][k].needed_gib:>10.2f} GiB" for k in modes))
+    lines.append(f"  {'needed (+5%, +CUDA context)':<28}"
+                 + "".join(f"{plan['memory'][k].needed_gib:>10.2f} GiB" for k in modes))
     used = plan["memory_mode"]
     lines.append(f"  (this config runs {'compiled' if used == 'compiled' else used} on a GPU; "
                  "compile=false or dtype=float32 change it)")
@@ -99,15 +119,19 @@ def _memory_block(cfg: Config, plan: dict) -> list[str]:
         if fit["fits"]:
             lines.append(f"  fits {card.label}: {fit['needed_gib']:.1f} of {fit['capacity_gib']:.1f} GiB")
             if best and best[0] > tc.batch_size:
-                lines.append(f"  a larger micro-batch also fits and is usually faster: --batch_size={best[0]} "
-                             f"--gradient_accumulation_steps={best[1]} (same {fit['sequences']} sequences per step)")
+                lines.append(
+                    f"  a larger micro-batch also fits and is usually faster: --batch_size={best[0]} "
+                    f"--gradient_accumulation_steps={best[1]} (same {fit['sequences']} sequences per step)"
+                )
         elif best:
-            lines.append(f"  does NOT fit {card.label}: {fit['needed_gib']:.1f} GiB needed, {fit['capacity_gib']:.1f} available")
+            lines.append(
+                f"  does NOT fit {card.label}: {fit['needed_gib']:.1f} GiB needed, {fit['capacity_gib']:.1f} available"
+            )
             lines.append(f"  use --batch_size={best[0]} --gradient_accumulation_steps={best[1]}: the same "
                          f"{fit['sequences']} sequences per step, {fit['best_needed_gib']:.1f} GiB")
         else:
-            lines.append(f"  does NOT fit {card.label} even at micro-batch 1: use a shorter block_size, a smaller model, "
-                         "fsdp over several GPUs, or a larger card")
+            lines.append(f"  does NOT fit {card.label} even at micro-batch 1: use a shorter block_size, "
+                         "a smaller model, fsdp over several GPUs, or a larger card")
     return lines
 
 

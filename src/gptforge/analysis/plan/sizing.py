@@ -213,7 +213,9 @@ def resolve_vocab(cfg: Config, vocab_size: int | None, data: DataInfo | None) ->
     if vocab is None:
         return GPT2_VOCAB, "GPT-2's, the default"
     if data and data.vocab_size and vocab < data.vocab_size:
-        raise UserError(f"vocab_size {vocab} ({source}) is smaller than the vocabulary of {data.path} ({data.vocab_size})")
+        raise UserError(
+            f"vocab_size {vocab} ({source}) is smaller than the vocabulary of {data.path} ({data.vocab_size})"
+        )
     return vocab, source
 
 

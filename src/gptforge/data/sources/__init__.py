@@ -1,8 +1,9 @@
 """Input sources. Each file becomes one Source that yields its documents (str) lazily.
 
 `open_sources` expands the user's paths (files, directories, globs) and picks the reader by file
-extension (base.py defines what a reader is). Every Source has a content fingerprint (for the manifest) and counters that prepare
-adds to its summary (empty rows skipped, undecodable bytes replaced, redirects skipped, ...).
+extension (base.py defines what a reader is). Every Source has a content fingerprint (for the manifest)
+and counters that prepare adds to its summary (empty rows skipped, undecodable bytes replaced,
+redirects skipped, ...).
 """
 
 from __future__ import annotations
@@ -60,7 +61,9 @@ def expand_paths(specs: list[str]) -> list[Path]:
             found.extend(inside)
         else:
             if _reader_for(path) is None:
-                raise UserError(f"source {spec}: unknown file type {path.suffix or '(no extension)'!r}; supported: {SUPPORTED}")
+                raise UserError(
+                    f"source {spec}: unknown file type {path.suffix or '(no extension)'!r}; supported: {SUPPORTED}"
+                )
             found.append(path)
     unique: dict[str, Path] = {}
     for p in found:

@@ -25,7 +25,8 @@ class ParquetSource(Source):
         names = pf.schema_arrow.names
         if column not in names:
             raise UserError(
-                f"source {self.path}: no column {column!r}; its columns are {', '.join(names)} (choose with --text-column)"
+                f"source {self.path}: no column {column!r}; its columns are {', '.join(names)} "
+                "(choose with --text-column)"
             )
         return pf, column
 

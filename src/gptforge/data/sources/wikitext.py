@@ -79,7 +79,9 @@ _LINE_BREAK_TAG = re.compile(r"<br\b[^>]*>", re.I)
 # first character lets the regex engine skip ahead, several times faster than "^" with re.M.
 _BRACE_RUN = re.compile(r"\{\{+|\}\}+")
 _TABLE_EDGE = re.compile(r"\n[ \t:]*\{\||\n[ \t]*\|\}")
-_EXTERNAL_LINK = re.compile(r"\[(?:https?:|ftp:|//|mailto:|news:|irc:|ircs:|gopher:|sftp:)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]", re.I)
+_EXTERNAL_LINK = re.compile(
+    r"\[(?:https?:|ftp:|//|mailto:|news:|irc:|ircs:|gopher:|sftp:)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]", re.I
+)
 # a link holding no other link: single brackets may appear inside (a caption's "[above]"),
 # and in "]]]" the last two close the link
 _INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\])|\](?=\]\]))[^\[\]]*)*)\]\]")
@@ -88,7 +90,9 @@ _INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\])|\](?=\]\]))[
 _NS_LINK = r"\[\[[^\[\]|:\n]+:[^\[\]\n]*\]\]"
 _LINK_ONLY_LINE = re.compile(r"\n" + _NS_LINK + r"(?:[ \t]*" + _NS_LINK + r")*[ \t]*(?=\n)")
 _LANGUAGE_CODE = re.compile(r"[a-z]{2,3}(?:-[a-z]{2,8})*|simple")
-_MEDIA_FILE = re.compile(r"\.(?:jpe?g|png|gif|svg|tiff?|webp|xcf|ogg|oga|ogv|webm|mp3|mp4|wav|flac|mid|midi|pdf|djvu|stl)\s*$", re.I)
+_MEDIA_FILE = re.compile(
+    r"\.(?:jpe?g|png|gif|svg|tiff?|webp|xcf|ogg|oga|ogv|webm|mp3|mp4|wav|flac|mid|midi|pdf|djvu|stl)\s*$", re.I
+)
 _MAGIC_WORD = re.compile(r"__(?:[^\W\da-z_]|_(?!_))+__")
 _HEADING = re.compile(r"\n(={1,6})[ \t]*([^\n]+?)[ \t]*\1[ \t]*(?=\n)")
 _LIST_MARKER = re.compile(r"\n[*#:;]+ *")

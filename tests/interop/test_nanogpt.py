@@ -94,22 +94,57 @@ class NanoGPT(nn.Module):
         for block in self.transformer.h:
             x = block(x)
         logits = self.lm_head(self.transformer.ln_f(x))
-        loss = None if targets is None else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        loss = (
+            None
+            if targets is None
+            else F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+        )
         return logits, loss
 
     def configure_optimizers(self, weight_decay, learning_rate, betas):
         param_dict = {pn: p for pn, p in self.named_parameters() if p.requires_grad}
-        groups = [{"params": [p for p in param_dict.values() if p.dim() >= 2], "weight_decay": weight_decay},
-                  {"params": [p for p in param_dict.values() if p.dim() < 2], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in param_dict.values() if p.dim() >= 2], "weight_decay": weight_decay},
+            {"params": [p for p in param_dict.values() if p.dim() < 2], "weight_decay": 0.0},
+        ]
         return torch.optim.AdamW(groups, lr=learning_rate, betas=betas)
 
 
-CONFIG = dict(out_dir="out", eval_interval=4, log_interval=1, eval_iters=2, eval_only=False, always_save_checkpoint=True,
-              init_from="scratch", wandb_log=False, wandb_project="owt", wandb_run_name="gpt2", dataset="shakespeare_char",
-              gradient_accumulation_steps=1, batch_size=4, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=0.0,
-              bias=True, learning_rate=1e-3, max_iters=40, weight_decay=0.1, beta1=0.9, beta2=0.99, grad_clip=1.0,
-              decay_lr=True, warmup_iters=3, lr_decay_iters=40, min_lr=1e-4, backend="nccl", device="cpu",
-              dtype="float32", compile=False)
+CONFIG = dict(
+    out_dir="out",
+    eval_interval=4,
+    log_interval=1,
+    eval_iters=2,
+    eval_only=False,
+    always_save_checkpoint=True,
+    init_from="scratch",
+    wandb_log=False,
+    wandb_project="owt",
+    wandb_run_name="gpt2",
+    dataset="shakespeare_char",
+    gradient_accumulation_steps=1,
+    batch_size=4,
+    block_size=16,
+    n_layer=2,
+    n_head=2,
+    n_embd=32,
+    dropout=0.0,
+    bias=True,
+    learning_rate=1e-3,
+    max_iters=40,
+    weight_decay=0.1,
+    beta1=0.9,
+    beta2=0.99,
+    grad_clip=1.0,
+    decay_lr=True,
+    warmup_iters=3,
+    lr_decay_iters=40,
+    min_lr=1e-4,
+    backend="nccl",
+    device="cpu",
+    dtype="float32",
+    compile=False,
+)
 
 
 def nanogpt_get_lr(it, c=CONFIG):  # nanoGPT's train.py

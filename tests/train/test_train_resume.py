@@ -11,10 +11,11 @@ import time
 
 import pytest
 import torch
-from conftest import make_char_data, tiny_config, tiny_text
 
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
+
+from helpers import make_char_data, tiny_config, tiny_text
 
 # the schedule must not depend on where a run stops, so decay is pinned to a fixed length
 BASE = dict(lr_decay_iters=40, max_iters=12)

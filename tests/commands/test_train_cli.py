@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from conftest import tiny_config
 
 from gptforge.cli import main
+
+from helpers import REPO, tiny_config
 
 TINY = ["--n_layer=1", "--n_head=2", "--n_embd=16", "--block_size=8", "--batch_size=2", "--max_iters=2",
         "--eval_iters=1", "--sample_tokens=0", "--gradient_accumulation_steps=1"]
@@ -68,9 +69,8 @@ def test_resume_reports_what_changed(tmp_path, capsys, char_data):
 
 def test_the_shipped_cpu_config_trains_from_the_command_line(tmp_path, capsys, char_data):
     """configs/shakespeare_char_cpu.toml (the CPU benchmark's recipe) runs as its header says, Muon included."""
-    from pathlib import Path
 
-    config = Path(__file__).resolve().parents[1] / "configs" / "shakespeare_char_cpu.toml"
+    config = REPO / "configs" / "shakespeare_char_cpu.toml"
     run = tmp_path / "sc_cpu"
     assert main(["train", str(config), f"--data={char_data}", f"--out={run}", "--max_iters=3"]) == 0
     out = capsys.readouterr().out

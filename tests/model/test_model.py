@@ -85,7 +85,9 @@ def test_ignore_index_and_mean():
     idx = torch.randint(0, 70, (2, 8))
     targets = torch.randint(0, 70, (2, 8))
     logits, _ = model(idx)
-    per_token = torch.nn.functional.cross_entropy(logits[..., :70].reshape(-1, 70), targets.reshape(-1), reduction="none")
+    per_token = torch.nn.functional.cross_entropy(
+        logits[..., :70].reshape(-1, 70), targets.reshape(-1), reduction="none"
+    )
     masked = targets.clone()
     masked[0, :5] = -1
     _, loss = model(idx, masked)
@@ -201,8 +203,8 @@ def test_sample_token_top_k_and_top_p():
 
 
 def test_num_params_and_flops_by_hand():
-    L, d, V, T = 2, 32, 70, 16
-    Vp = 128
+    L, d, T = 2, 32, 16
+    Vp = 128  # the vocabulary of 70, padded
     gpt2 = GPT(tiny())
     block = (2 * d) * 2 + (3 * d * d + 3 * d) + (d * d + d) + (4 * d * d + 4 * d) + (4 * d * d + d)
     assert gpt2.num_params() == Vp * d + T * d + L * block + 2 * d

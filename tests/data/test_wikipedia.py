@@ -14,7 +14,9 @@ from gptforge.data.sources import SourceOptions, open_sources
 from gptforge.data.sources.wikipedia import WikipediaSource
 from gptforge.errors import UserError
 
-WIKI = Path(__file__).parent / "data" / "wiki"
+from helpers import FIXTURES
+
+WIKI = FIXTURES / "wiki"
 ALPHA = (
     "Alpha Centauri\n\n"
     "Alpha Centauri is the closest star system to the Solar System. It lies in the constellation of Centaurus.\n\n"
@@ -58,8 +60,10 @@ def many_pages_dump(n: int, seed: int = 0) -> bytes:
                          f"<revision><text>#REDIRECT [[Page {i - 1}]]</text></revision></page>")
             continue
         prose = " ".join(rng.choice(words) for _ in range(200))
-        text = (f"{{{{Infobox|n={i}}}}}'''Page {i}''' is about [[{rng.choice(words)}|{prose}]].&lt;ref&gt;{i}&lt;/ref&gt;\n"
-                f"== Section ==\n* item {i}\n[[Category:Numbers]]")
+        text = (
+            f"{{{{Infobox|n={i}}}}}'''Page {i}''' is about [[{rng.choice(words)}|{prose}]].&lt;ref&gt;{i}&lt;/ref&gt;\n"
+            f"== Section ==\n* item {i}\n[[Category:Numbers]]"
+        )
         pages.append(f"<page><title>Page {i}</title><ns>0</ns><revision><text xml:space=\"preserve\">{text}"
                      "</text></revision></page>")
     return ("<mediawiki>\n" + "\n".join(pages) + "\n</mediawiki>\n").encode()
@@ -187,7 +191,11 @@ def test_keep_partial_keeps_whole_articles_before_the_damage(tmp_path, monkeypat
     assert docs == full[: len(docs)]  # whole articles, in order, none from the damaged part
     assert counts["truncated"] == 1 and counts["articles"] == len(docs)
     warning = capsys.readouterr().err.strip().splitlines()
-    assert len(warning) == 1 and warning[0].startswith(f"warning: {path}:") and f"kept the {len(docs)} articles" in warning[0]
+    assert (
+        len(warning) == 1
+        and warning[0].startswith(f"warning: {path}:")
+        and f"kept the {len(docs)} articles" in warning[0]
+    )
 
 
 def test_xml_cut_short(tmp_path):
@@ -244,9 +252,9 @@ def _dump_part(xml: bytes, first: int, last: int) -> bytes:
 
 
 def test_prepare_appends_dump_parts_and_a_damaged_part_adds_nothing(tmp_path):
-    from helpers_data import tree_digest
-
     from gptforge.data.prepare import prepare
+
+    from helpers import tree_digest
 
     xml = many_pages_dump(200)
     part1, part2, part3 = (tmp_path / f"wiki-articles{i}.xml.bz2" for i in (1, 2, 3))

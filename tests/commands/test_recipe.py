@@ -13,9 +13,9 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers_data import plays_dir, write_parquet
 
-REPO = Path(__file__).parents[1]
+from helpers import REPO, plays_dir, write_parquet
+
 PNG = b"\x89PNG\r\n\x1a\n"
 # a GPT-2-vocabulary head dominates a tiny model's time on a CPU: few, short sequences
 TINY = ("--n_layer=2 --n_head=2 --n_embd=16 --block_size=32 --batch_size=4 --gradient_accumulation_steps=1 "

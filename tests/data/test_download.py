@@ -21,11 +21,12 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from subproc import sigint_default
 
 from gptforge import cli
 from gptforge.data import download as dl
 from gptforge.errors import UserError
+
+from helpers import sigint_default
 
 FAST = dl.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, timeout=5.0, chunk=4096)
 
@@ -55,7 +56,9 @@ class Fake:
         self.lock = threading.Lock()
 
     def requests(self, method=None, path=None):
-        return [r for r in self.log if (method is None or r["method"] == method) and (path is None or r["path"] == path)]
+        return [
+            r for r in self.log if (method is None or r["method"] == method) and (path is None or r["path"] == path)
+        ]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -250,7 +253,9 @@ def test_partial_file_from_an_earlier_run_is_resumed_not_restarted(server, tmp_p
     assert [r["range"] for r in fake.requests("GET")] == ["bytes=40000-"]
     assert (tmp_path / "s_0.bin").read_bytes() == body and summary.bytes == 24_000
     # the sha256 recorded covers the whole file, including the bytes from the earlier run
-    assert json.loads((tmp_path / dl.RECORD).read_text())["files"]["s_0.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
+    assert (
+        json.loads((tmp_path / dl.RECORD).read_text())["files"]["s_0.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
+    )
 
 
 def test_whole_part_file_is_finished_on_416(server, tmp_path):
@@ -336,9 +341,13 @@ def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_pa
     fake.slow = 0.01  # ~400 KB/s: the kill lands mid-file
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
-    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "download", base + "/f/s_{index}.bin",
-                             "--out", str(out), "--shards", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
-                                preexec_fn=sigint_default)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptforge", "download", base + "/f/s_{index}.bin", "--out", str(out), "--shards", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env=env,
+        preexec_fn=sigint_default,
+    )
     part = out / ".s_0.bin.part"
     deadline = time.monotonic() + 20
     while not (part.exists() and part.stat().st_size >= 40_000) and time.monotonic() < deadline:
@@ -358,10 +367,12 @@ def test_killed_process_leaves_only_a_part_file_and_rerun_resumes(server, tmp_pa
 
 # --------------------------------------------------------------------------------------------- verification
 
+
 def hf_like(fake: Fake, cdn: Fake, cdn_base: str, path: str, body: bytes, sha: str | None = None):
     """Hugging Face's shape: /resolve/ answers 302 with X-Linked-Size/X-Linked-Etag; a CDN holds the bytes."""
     fake.redirects[path] = f"{cdn_base}/blob{path}"
-    fake.headers[path] = {"X-Linked-Size": str(len(body)), "X-Linked-Etag": f'"{sha or hashlib.sha256(body).hexdigest()}"',
+    fake.headers[path] = {"X-Linked-Size": str(len(body)),
+                          "X-Linked-Etag": f'"{sha or hashlib.sha256(body).hexdigest()}"',
                           "X-Repo-Commit": "0" * 40}
     cdn.files[f"/blob{path}"] = body
 
@@ -400,7 +411,8 @@ def test_short_content_length_is_caught_by_the_checksum_and_fixed_on_refetch(ser
     assert "sha256 mismatch" in err.getvalue() and len(cdn.requests("GET")) == 2
 
 
-def test_named_dataset_via_mirror_fetches_validation_shard_and_token_stays_on_the_mirror(servers, tmp_path, monkeypatch):
+def test_named_dataset_via_mirror_fetches_validation_shard_and_token_stays_on_the_mirror(servers, tmp_path,
+                                                                                        monkeypatch):
     (mirror, base), (cdn, cdn_base) = servers(), servers()
     cdn.refuse_head = True
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
@@ -445,7 +457,8 @@ def test_gated_dataset_without_token_says_what_to_set(server, tmp_path):
     fake.script[("GET", "/f/s_0.bin")] = [401]
     with pytest.raises(UserError) as e:
         run(base + "/f/s_{index}.bin", tmp_path)
-    assert str(e.value) == f"{base}/f/s_0.bin: HTTP 401 Unauthorized (a gated dataset? set HF_TOKEN to an access token that may read it)"
+    assert str(e.value) == (f"{base}/f/s_0.bin: HTTP 401 Unauthorized "
+                            "(a gated dataset? set HF_TOKEN to an access token that may read it)")
 
 
 def test_token_goes_only_to_huggingface_or_the_mirror_and_only_over_https():
@@ -465,8 +478,9 @@ def test_same_file_name_from_another_dataset_is_refused(servers, tmp_path):
     run(base_a + "/sample/10BT/{index:03d}_00000.parquet", tmp_path)
     with pytest.raises(UserError) as e:
         run(base_b + "/edu/sample/10BT/{index:03d}_00000.parquet", tmp_path)
-    assert str(e.value) == (f"{tmp_path / '000_00000.parquet'} was downloaded from {base_a}/sample/10BT/000_00000.parquet, "
-                            f"not {base_b}/edu/sample/10BT/000_00000.parquet: use another --out directory for this dataset")
+    assert str(e.value) == (f"{tmp_path / '000_00000.parquet'} was downloaded from "
+                            f"{base_a}/sample/10BT/000_00000.parquet, not {base_b}/edu/sample/10BT/000_00000.parquet: "
+                            "use another --out directory for this dataset")
     assert (tmp_path / "000_00000.parquet").read_bytes() == payload(4000, seed=1) and b.log == []
 
 
@@ -516,8 +530,19 @@ def test_plan_for_named_datasets_and_bad_requests(tmp_path):
     assert jobs[0].part == tmp_path / ".000_00000.parquet.part"
     assert dl.plan("fineweb-edu-sample-10BT", tmp_path, shards=13)[-1].path.name == "013_00000.parquet"
     cases = {
-        ("fineweb-edu-100b-shuffle", 3, 1820): "fineweb-edu-100b-shuffle has 1822 train shards (0..1821); --start 1820 --shards 3 asks for up to 1822",
-        ("fineweb", 1, 0): "unknown dataset 'fineweb': known are fineweb-edu-100b-shuffle, fineweb-sample-10BT, fineweb-edu-sample-10BT",
+        (
+            "fineweb-edu-100b-shuffle",
+            3,
+            1820,
+        ): "fineweb-edu-100b-shuffle has 1822 train shards (0..1821); --start 1820 --shards 3 asks for up to 1822",
+        (
+            "fineweb",
+            1,
+            0,
+        ): (
+            "unknown dataset 'fineweb': known are fineweb-edu-100b-shuffle, fineweb-sample-10BT, "
+            "fineweb-edu-sample-10BT"
+        ),
         ("https://h/x_{idx}.bin", 1, 0): "unknown dataset",
         ("https://h/x_{index}_{part}.bin", 1, 0): "cannot fill in the shard index ('part')",
         ("ftp://h/x_{index}.bin", 1, 0): "must start with http:// or https://",
@@ -538,12 +563,16 @@ def test_plan_for_named_datasets_and_bad_requests(tmp_path):
 def test_cli_downloads_and_reports_errors_in_one_line(server, tmp_path, capsys):
     fake, base = server
     fake.files["/c/t_0.txt"] = b"hello world\n" * 100
-    assert cli.main(["download", base + "/c/t_{index}.txt", "--out", str(tmp_path), "--shards", "1", "--workers", "2"]) == 0
+    assert cli.main(["download", base + "/c/t_{index}.txt", "--out", str(tmp_path), "--shards", "1",
+                     "--workers", "2"]) == 0
     assert (tmp_path / "t_0.txt").read_bytes() == b"hello world\n" * 100
     assert "done: 1 fetched" in capsys.readouterr().out
-    assert cli.main(["download", base + "/c/t_{index}.txt", "--out", str(tmp_path), "--shards", "1", "--start", "1"]) == 1
+    assert (
+        cli.main(["download", base + "/c/t_{index}.txt", "--out", str(tmp_path), "--shards", "1", "--start", "1"]) == 1
+    )
     err = capsys.readouterr().err.strip()
-    assert err == f"gptforge download: error: {base}/c/t_1.txt: HTTP 404 Not Found (no such file: check the dataset name, the shard range and --mirror)"
+    assert err == (f"gptforge download: error: {base}/c/t_1.txt: HTTP 404 Not Found "
+                   "(no such file: check the dataset name, the shard range and --mirror)")
 
 
 class _Tty(io.StringIO):

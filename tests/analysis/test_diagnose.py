@@ -5,7 +5,6 @@ import json
 import math
 
 import pytest
-import synthetic_runs as runs
 
 from gptforge.analysis import curves
 from gptforge.analysis.diagnose.facts import analyse
@@ -13,6 +12,8 @@ from gptforge.analysis.diagnose.report import diagnose_command
 from gptforge.analysis.runlog import fold, parse_events, read_run
 from gptforge.cli import main
 from gptforge.errors import UserError
+
+import synthetic_runs as runs
 
 PROBLEMS = {"diverged", "overfitting", "lr_too_high", "data_limited", "plateau", "nan_skips", "unfinished",
             "throughput_unstable", "low_mfu", "eval_noise", "undertrained"}
@@ -147,7 +148,6 @@ def test_data_flag_counts_epochs_against_that_dataset(tmp_path, char_data):
 
 def test_a_short_real_run(tmp_path, char_data):
     from conftest import tiny_config
-
     from gptforge.train.loop import train
 
     run_dir = tmp_path / "real"
@@ -182,8 +182,20 @@ def test_grown_dataset_that_helped(tmp_path, capsys):
     d = diagnose_command(run_dir)
     f = d.facts
     v1, v2 = f["versions"]
-    assert (v1.version, v1.train_tokens, v1.val_tokens, v1.start_step, v1.end_step) == (1, 300_000_000, 3_000_000, 0, 8000)
-    assert (v2.version, v2.train_tokens, v2.val_tokens, v2.start_step, v2.end_step) == (2, 3 * 10**9, 3 * 10**7, 8000, 14000)
+    assert (v1.version, v1.train_tokens, v1.val_tokens, v1.start_step, v1.end_step) == (
+        1,
+        300_000_000,
+        3_000_000,
+        0,
+        8000,
+    )
+    assert (v2.version, v2.train_tokens, v2.val_tokens, v2.start_step, v2.end_step) == (
+        2,
+        3 * 10**9,
+        3 * 10**7,
+        8000,
+        14000,
+    )
     assert v1.tokens == 8000 * 524_288 and v1.epochs == pytest.approx(8000 * 524_288 / 300e6)  # 13.98 epochs
     assert v2.tokens == 6000 * 524_288 and v2.epochs == pytest.approx(6000 * 524_288 / 3e9)  # 1.05 epochs
     assert f["epochs"] == pytest.approx(14000 * 524_288 / 3e9)  # over the current dataset, not the loader's count
@@ -197,7 +209,9 @@ def test_grown_dataset_that_helped(tmp_path, capsys):
     report = (run_dir / "diagnosis.md").read_text()
     assert "| 1 | 300,000,000 | 3,000,000 | 0-8,000 | 4,194,304,000 | 13.98 |" in report
     assert "| 2 | 3,000,000,000 | 30,000,000 | 8,000-14,000 | 3,145,728,000 | 1.05 |" in report
-    assert "- The data grew at step 8,000 (4,194,304,000 tokens seen): 300,000,000 -> 3,000,000,000 train tokens" in report
+    assert (
+        "- The data grew at step 8,000 (4,194,304,000 tokens seen): 300,000,000 -> 3,000,000,000 train tokens" in report
+    )
     assert "Adding data helped" in capsys.readouterr().out
 
 

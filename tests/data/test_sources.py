@@ -1,10 +1,11 @@
 import json
 
 import pytest
-from helpers_data import write_parquet
 
 from gptforge.data.sources import SourceOptions, expand_paths, open_sources
 from gptforge.errors import UserError
+
+from helpers import write_parquet
 
 
 def docs_of(path, **options):
@@ -75,7 +76,9 @@ def test_invalid_utf8_is_replaced_and_counted(tmp_path):
 
 def test_jsonl_field_and_errors(tmp_path):
     path = tmp_path / "a.jsonl"
-    path.write_text("\n".join(json.dumps(o) for o in ({"text": "alpha"}, {"text": ""}, {"text": "beta", "n": 1})) + "\n")
+    path.write_text(
+        "\n".join(json.dumps(o) for o in ({"text": "alpha"}, {"text": ""}, {"text": "beta", "n": 1})) + "\n"
+    )
     assert docs_of(path) == (["alpha", "beta"], {"empty_skipped": 1})
     path.write_text('{"body": "x"}\n')
     with pytest.raises(UserError, match=r"a.jsonl:1: no field 'text' \(it has: body\)"):

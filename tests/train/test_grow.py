@@ -5,7 +5,6 @@ epochs are counted per dataset version, and what diagnose and plot say about the
 import json
 
 import pytest
-from helpers_data import plays_dir
 
 from gptforge.analysis.diagnose.report import diagnose_command
 from gptforge.analysis.plot import draw
@@ -15,6 +14,8 @@ from gptforge.commands.demo import markdown_to_script
 from gptforge.data.dataset import open_dataset
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loader import TrainLoader
+
+from helpers import plays_dir
 
 T, BATCH, STEPS = 32, 8, 40
 MODEL = ["--n_layer=2", "--n_head=2", "--n_embd=32", f"--block_size={T}", f"--batch_size={BATCH}",

@@ -1,10 +1,11 @@
 import os
 
 import pytest
-from helpers_data import play_texts
 
 from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer, load_tokenizer, train_bpe
 from gptforge.errors import UserError
+
+from helpers import play_texts
 
 
 def test_gpt2_gives_exactly_gpt2_ids_offline():

@@ -29,7 +29,9 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("values", CONFIGS, ids=lambda v: f"{v['arch']}-{v['n_layer']}x{v['n_embd']}-v{v['vocab_size']}")
+@pytest.mark.parametrize(
+    "values", CONFIGS, ids=lambda v: f"{v['arch']}-{v['n_layer']}x{v['n_embd']}-v{v['vocab_size']}"
+)
 def test_analytic_counts_equal_the_real_model(values):
     m = ModelConfig(**values)
     counts = param_counts(m, m.vocab_size)

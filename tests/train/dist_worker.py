@@ -3,8 +3,9 @@
 Run as `python -m torch.distributed.run ... tests/dist_worker.py train --key=value ...`. Environment:
   GPTFORGE_TEST_FAULT="RANK:STEP:KIND[,RANK:STEP:KIND...]"  at optimizer step STEP on rank RANK, KIND is
       nan (that step's losses become NaN), overflow (x 1e30: fp16 gradients overflow),
-      sigterm (this rank alone gets SIGTERM), raise (an exception), hang (sleep without joining the collectives; SIGTERM still ends it, as it
-      would a process stuck in a kernel once torchrun escalates to SIGKILL)
+      sigterm (this rank alone gets SIGTERM), raise (an exception), hang (sleep without joining the
+      collectives; SIGTERM still ends it, as it would a process stuck in a kernel once torchrun
+      escalates to SIGKILL)
   GPTFORGE_TEST_PARAMS=DIR  after training, every rank writes its parameters to DIR/rank{r}.pt
 """
 

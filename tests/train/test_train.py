@@ -6,13 +6,14 @@ import json
 
 import pytest
 import torch
-from conftest import make_char_data, tiny_config, tiny_text
 
 from gptforge.config import load_config
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
+
+from helpers import make_char_data, tiny_config, tiny_text
 
 FIXED = dict(lr_decay_iters=40)
 
@@ -90,7 +91,9 @@ def test_loss_spike_is_reported_and_optionally_skipped(tmp_path, char_data, monk
         same_state(load_checkpoint(tmp_path / "ref" / "checkpoints" / "step_00000014"), after)
 
 
-def test_fp16_overflow_skips_the_step_lowers_the_scale_and_scaler_state_round_trips(tmp_path, char_data, monkeypatch, capsys):
+def test_fp16_overflow_skips_the_step_lowers_the_scale_and_scaler_state_round_trips(
+    tmp_path, char_data, monkeypatch, capsys
+):
     poison_forward(monkeypatch, bad_steps={2}, factor=1e30)  # finite loss, gradients overflow fp16
     run = tmp_path / "fp16"
     train(tiny_config(char_data, run, max_iters=4, dtype="float16", spike_sigma=0, **FIXED))

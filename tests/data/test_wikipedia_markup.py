@@ -12,17 +12,22 @@ from gptforge.data.sources.wikitext import WikiNames, clean, strip_tables, strip
     [
         # templates and parser functions, nested, multi-line, with parameters
         ("A {{convert|4|km|mi}} walk.", "A walk."),
-        ("{{Infobox person\n| name = {{lang|fr|Jean}}\n| born = {{birth date|1900|1|1}}\n}}\nJean was born.", "Jean was born."),
+        (
+            "{{Infobox person\n| name = {{lang|fr|Jean}}\n| born = {{birth date|1900|1|1}}\n}}\nJean was born.",
+            "Jean was born.",
+        ),
         ("Size {{#if:{{{size|}}}|{{{size}}}|none}} here.", "Size here."),
         ("{{DEFAULTSORT:Doe, Jane}}{{DISPLAYTITLE:''Jane''}}Jane Doe.", "Jane Doe."),
         ("Closes on a param line\n{{Infobox\n| a = b\n|}}\nafter.", "Closes on a param line\n\nafter."),
         # tables, including one inside a template and one never closed
-        ("Before.\n{| class=\"wikitable\"\n! H1 !! H2\n|-\n| a || b\n|}\nAfter.", "Before.\nAfter."),
+        ('Before.\n{| class="wikitable"\n! H1 !! H2\n|-\n| a || b\n|}\nAfter.', "Before.\nAfter."),
         ("Text.\n:{| \n| indented table\n|}\nMore.", "Text.\nMore."),
         ("Text.\n{|\n| never closed\n| row\n\nNext paragraph.", "Text.\n\nNext paragraph."),
         # references, named and self-closing, holding templates
-        ("Fact.<ref name=\"a\">{{cite web|url=http://x.org|title=T}}</ref> More.<ref name=a/> End.<references/>",
-         "Fact. More. End."),
+        (
+            'Fact.<ref name="a">{{cite web|url=http://x.org|title=T}}</ref> More.<ref name=a/> End.<references/>',
+            "Fact. More. End.",
+        ),
         ("Claim<ref group=n>note with [[link]]</ref>.", "Claim."),
         # files and images with captions holding links, in English and another wiki's names
         ("[[File:Sun.jpg|thumb|The [[Sun]] at [[noon]] [seen from Earth]]]\nThe Sun shines.", "The Sun shines."),
@@ -37,9 +42,9 @@ from gptforge.data.sources.wikitext import WikiNames, clean, strip_tables, strip
         ("A [[wikt:star|star]] word.", "A star word."),
         # external links: the label stays, a bare bracketed URL goes, a bare URL is text
         ("See [http://example.org the site] or [http://example.org].", "See the site or."),
-        ("[http://x.org/talk \"Talk\" (at [[UC Berkeley|Berkeley]], 1962)]", "\"Talk\" (at Berkeley, 1962)"),
+        ('[http://x.org/talk "Talk" (at [[UC Berkeley|Berkeley]], 1962)]', '"Talk" (at Berkeley, 1962)'),
         # HTML tags and comments; <br> ends a line; code, math and galleries vanish
-        ("<div class=\"x\">Kept <span>text</span><!-- hidden [[x]] --></div>", "Kept text"),
+        ('<div class="x">Kept <span>text</span><!-- hidden [[x]] --></div>', "Kept text"),
         ("One<br/>two<br>three", "One\ntwo\nthree"),
         ("E is <math>mc^{2}</math> energy.<gallery>\nA.jpg|cap\n</gallery>", "E is energy."),
         ("Unclosed comment <!-- runs to the end", "Unclosed comment"),
@@ -47,16 +52,25 @@ from gptforge.data.sources.wikitext import WikiNames, clean, strip_tables, strip
         ("__NOTOC__'''Bold''' and ''italic'' and '''''both'''''.__NOEDITSECTION__", "Bold and italic and both."),
         ("The dog's ''bone''.", "The dog's bone."),
         # section titles as plain lines; closing empty sections dropped
-        ("Intro.\n== History ==\nOld.\n=== Early ===\nVery old.\n== References ==\n{{reflist}}\n== External links ==\n",
-         "Intro.\nHistory\nOld.\nEarly\nVery old."),
+        (
+            "Intro.\n== History ==\nOld.\n=== Early ===\nVery old.\n"
+            "== References ==\n{{reflist}}\n== External links ==\n",
+            "Intro.\nHistory\nOld.\nEarly\nVery old.",
+        ),
         # lists kept as lines
-        ("Items:\n* one\n** one.one\n# two\n; term : definition\n: indented", "Items:\none\none.one\ntwo\nterm : definition\nindented"),
+        (
+            "Items:\n* one\n** one.one\n# two\n; term : definition\n: indented",
+            "Items:\none\none.one\ntwo\nterm : definition\nindented",
+        ),
         # HTML entities decoded, non-breaking spaces become spaces
         ("5&nbsp;km &mdash; caf&eacute; &lt;b&gt; &#169; &#x263A;", "5 km — café <b> © ☺"),
         # leftovers of removed markup tidied: empty parentheses, space before punctuation
         ("Athens ({{lang-el|Αθήνα}}) is old {{citation needed}}.", "Athens is old."),
-        ("Lincoln ({{IPAc-en|l|ɪ|ŋ|k|ə|n}}; February 12, 1809 {{ndash}} 1865) and Achilles ({{IPAc-en|ə}};, Akhilleus, {{IPA|x}}).",
-         "Lincoln (February 12, 1809 1865) and Achilles (Akhilleus)."),
+        (
+            "Lincoln ({{IPAc-en|l|ɪ|ŋ|k|ə|n}}; February 12, 1809 {{ndash}} 1865) "
+            "and Achilles ({{IPAc-en|ə}};, Akhilleus, {{IPA|x}}).",
+            "Lincoln (February 12, 1809 1865) and Achilles (Akhilleus).",
+        ),
         ("Sources:\n* {{cite book|title=X}}.\n* Real source.", "Sources:\nReal source."),
     ],
 )

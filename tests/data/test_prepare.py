@@ -5,14 +5,14 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers_data import play_texts, tree_digest, write_parquet
-from subproc import sigint_default
 
 from gptforge.data.manifest import listed_shards, load_manifest
 from gptforge.data.prepare import in_val, prepare, safe_pieces
 from gptforge.data.shards import open_shard
 from gptforge.data.tokenizers import gpt2_tokenizer
 from gptforge.errors import UserError
+
+from helpers import play_texts, sigint_default, tree_digest, write_parquet
 
 EOT = 50256
 
@@ -50,7 +50,9 @@ def test_shards_split_at_shard_tokens_and_stream_continues(tmp_path):
     m = load_manifest(tmp_path / "data")
     sizes = [s["tokens"] for s in m["shards"]["train"]]
     assert all(s == 500 for s in sizes[:-1]) and 0 < sizes[-1] <= 500 and len(sizes) > 3
-    assert [d for d in docs_of(stream(tmp_path / "data", "train"))] == [gpt2_tokenizer().encode(t).tolist() for t in texts]
+    assert [d for d in docs_of(stream(tmp_path / "data", "train"))] == [
+        gpt2_tokenizer().encode(t).tolist() for t in texts
+    ]
 
 
 def test_hash_split_is_stable_when_data_is_appended(tmp_path):
@@ -243,14 +245,19 @@ def test_interrupted_prepare_keeps_the_old_dataset_and_a_rerun_finishes_without_
 
 def test_cli_prepare_and_inspect_exit_codes(tmp_path):
     src = write_parquet(tmp_path / "a.parquet", ["hello there", "general kenobi"])
-    run = lambda *args: subprocess.run([sys.executable, "-m", "gptforge", *args], capture_output=True, text=True, timeout=120)
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "gptforge", *args], capture_output=True, text=True, timeout=120)
+
     ok = run("prepare", str(src), "--out", str(tmp_path / "data"))
     assert ok.returncode == 0 and "added 1 source(s): 2 documents" in ok.stdout
     shown = run("inspect", str(tmp_path / "data"))
     assert shown.returncode == 0 and "verified" in shown.stdout
     bad = run("prepare", str(tmp_path / "missing.txt"), "--out", str(tmp_path / "data"))
     assert bad.returncode == 1
-    assert bad.stderr.strip().splitlines() == [f"gptforge prepare: error: source {tmp_path / 'missing.txt'} does not exist"]
+    assert bad.stderr.strip().splitlines() == [
+        f"gptforge prepare: error: source {tmp_path / 'missing.txt'} does not exist"
+    ]
     shard = tmp_path / "data" / "train_000000.bin"
     with open(shard, "r+b") as f:
         f.truncate(shard.stat().st_size - 2)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_config
-from subproc import sigint_default
 
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
+
+from helpers import sigint_default, tiny_config
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # dropout 0: with dropout, the ranks draw other masks than one process does (same data, other noise)
@@ -118,7 +118,9 @@ def test_two_processes_equal_one_and_ranks_hold_identical_parameters(one_process
     assert output.count("iter 3: loss") == 1  # only rank 0 prints
     assert_losses_close(one_process, run, range(1, 9))
     for s in (4, 8):
-        assert records(run, "eval")[s]["val_loss"] == pytest.approx(records(one_process, "eval")[s]["val_loss"], rel=RTOL)
+        assert records(run, "eval")[s]["val_loss"] == pytest.approx(
+            records(one_process, "eval")[s]["val_loss"], rel=RTOL
+        )
     r0, r1 = torch.load(dump / "rank0.pt"), torch.load(dump / "rank1.pt")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k  # DDP: the same averaged gradient, the same update, bit for bit
@@ -175,8 +177,15 @@ def test_skip_and_stop_decisions_agree_across_ranks(tmp_path, char_data):
     Both ranks skip both steps, then both stop after step 5 and save."""
     run, dump = tmp_path / "run", tmp_path / "params"
     dump.mkdir()
-    output = torchrun(char_data, run, max_iters=50, eval_interval=50, dtype="float16", spike_sigma=0,
-                      env={"GPTFORGE_TEST_PARAMS": str(dump), "GPTFORGE_TEST_FAULT": "1:2:overflow,1:4:nan,1:5:sigterm"})
+    output = torchrun(
+        char_data,
+        run,
+        max_iters=50,
+        eval_interval=50,
+        dtype="float16",
+        spike_sigma=0,
+        env={"GPTFORGE_TEST_PARAMS": str(dump), "GPTFORGE_TEST_FAULT": "1:2:overflow,1:4:nan,1:5:sigterm"},
+    )
     # DDP averages the gradients before the scaler looks: rank 0 sees rank 1's inf and skips too
     assert "step 2: fp16 overflow, step skipped; loss scale 65536 -> 32768" in output
     # the loss is all-reduced before the guard looks: rank 0 sees rank 1's NaN

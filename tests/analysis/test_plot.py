@@ -3,12 +3,13 @@
 import struct
 
 import pytest
-import synthetic_runs as runs
 
 from gptforge.analysis.plot import draw, loss_limits, plot_command, unique_labels
 from gptforge.analysis.runlog import read_run
 from gptforge.cli import main
 from gptforge.errors import UserError
+
+import synthetic_runs as runs
 
 
 def png_size(path):
@@ -32,7 +33,12 @@ def test_several_runs_overlaid_with_a_legend(tmp_path):
     fig = draw(loaded, log_scale=True)
     ax_step, ax_tok, ax_lr, ax_speed = fig.axes[:4]
     labels = ax_step.get_legend().get_texts()
-    assert [t.get_text() for t in labels] == ["x/run: train (smoothed)", "x/run: val", "y/run: train (smoothed)", "y/run: val"]
+    assert [t.get_text() for t in labels] == [
+        "x/run: train (smoothed)",
+        "x/run: val",
+        "y/run: train (smoothed)",
+        "y/run: val",
+    ]
     assert ax_step.get_yscale() == "log" and ax_tok.get_xlabel() == "tokens seen"
     assert ax_lr.get_title() == "learning rate" and ax_speed.get_ylabel() == "tokens / second"
     assert [t.get_text() for t in ax_lr.get_legend().get_texts()] == ["x/run", "y/run"]

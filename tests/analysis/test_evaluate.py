@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import torch
-from conftest import make_char_data
 
 from gptforge.analysis.evaluate import evaluate_run, token_byte_lengths
 from gptforge.cli import main
@@ -13,6 +12,8 @@ from gptforge.data.dataset import open_dataset
 from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer
 from gptforge.train.loader import ValBatches
 from gptforge.train.runs import load_run
+
+from helpers import make_char_data
 
 
 def test_values_match_a_direct_computation(tiny_run, char_data):

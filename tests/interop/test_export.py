@@ -66,7 +66,9 @@ def test_gpt2_run_with_gpt2_tokenizer(tmp_path):
 
 
 def test_bias_free_gpt2_run(tmp_path):
-    run, model = make_run(tmp_path, vocab_size=65, bias=False, tokenizer=CharTokenizer([chr(32 + i) for i in range(64)]))
+    run, model = make_run(
+        tmp_path, vocab_size=65, bias=False, tokenizer=CharTokenizer([chr(32 + i) for i in range(64)])
+    )
     out = tmp_path / "exported"
     export_command(run, "hf", out)
     assert max_diff(model, out, torch.arange(16)[None] * 4) < 1e-5

