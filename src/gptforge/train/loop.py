@@ -27,7 +27,7 @@ from gptforge.train.budget import plan_iters
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from gptforge.train.console import Console, eval_line, iter_line, perplexity
 from gptforge.train.devices import mfu, peak_flops
-from gptforge.train.events import MetricsLog
+from gptforge.train.events import Checkpoint, DataGrew, End, Eval, Log, MetricsLog, NanSkip, Spike, Start
 from gptforge.train.guard import LossGuard, StopFlag
 from gptforge.train.loader import TrainLoader, ValBatches
 from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
@@ -221,15 +221,15 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                       f"{loader.grew['new_train_tokens']:,} train tokens (version {loader.grew['version']}); "
                       "training continues on the larger dataset")
     if log:
-        log.write("start", step, config=cfg.flat(), params=params, params_non_embedding=params_ne,
+        log.write(Start(step=step, config=cfg.flat(), params=params, params_non_embedding=params_ne,
                   tokens_per_iter=tokens_per_iter, max_iters=max_iters, planned_tokens=planned_tokens,
                   tokens_per_param=planned_tokens / params, dataset_train_tokens=dataset.train_tokens,
                   dataset_val_tokens=dataset.val_tokens, dataset_version=dataset.version,
                   planned_epochs=planned_epochs, device=device.type, device_name=devices.device_name(device),
                   world_size=world, fsdp=fsdp, peak_flops=peak, flops_per_token=flops_per_token,
-                  resumed_from=resumed_at)
+                  resumed_from=resumed_at))
         if loader.grew:
-            log.write("data_grew", step, **loader.grew)
+            log.write(DataGrew(step=step, **loader.grew))
 
     def evaluate() -> tuple[float, float]:
         """Each rank evaluates its share of the fixed batches; the sums are all-reduced."""
@@ -276,7 +276,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                                    extra_tensors=extra, state=state, keep_last=tc.keep_last, is_best=is_best)
             seconds = time.time() - t0
             console.print(f"saved checkpoint {path} in {seconds:.2f}s (not counted in iteration time)")
-            log.write("checkpoint", step, path=str(path), seconds=round(seconds, 3))
+            log.write(Checkpoint(step=step, path=str(path), seconds=round(seconds, 3)))
         dist.barrier()
 
     # ---------------------------------------------------------------- the loop
@@ -298,9 +298,9 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                 seconds = time.time() - t0
                 console.print(eval_line(step, train_loss, last_val, seconds))
                 if log:
-                    log.write("eval", step, tokens=tokens_seen, epoch=loader.epoch_float, train_loss=train_loss,
+                    log.write(Eval(step=step, tokens=tokens_seen, epoch=loader.epoch_float, train_loss=train_loss,
                               val_loss=last_val, val_ppl=perplexity(last_val), eval_batches=len(val_batches),
-                              seconds=round(seconds, 3))
+                              seconds=round(seconds, 3)))
                 if samples_on:
                     write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
                                   autocast, console)
@@ -373,11 +373,11 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                 console.print(f"step {step - 1}: non-finite loss ({loss_value}), step skipped "
                               f"({guard.consecutive} in a row, {guard.nan_skips} in total)")
                 if log:
-                    log.write("nan_skip", step - 1, count=guard.nan_skips, consecutive=guard.consecutive)
+                    log.write(NanSkip(step=step - 1, count=guard.nan_skips, consecutive=guard.consecutive))
                 if guard.consecutive >= tc.max_nan_skips:
                     save(is_best=False)
                     if log:
-                        log.write("end", step, reason="nan")
+                        log.write(End(step=step, reason="nan"))
                         log.close()
                     raise UserError(
                         f"stopped at step {step}: {guard.consecutive} non-finite losses in a row. Likely causes: the "
@@ -391,7 +391,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                 console.print(f"step {step - 1}: loss spike {loss_value:.4f} vs recent mean {guard.last_mean:.4f} "
                               f"± {guard.last_std:.4f}; {action}")
                 if log:
-                    log.write("spike", step - 1, loss=loss_value, mean=guard.last_mean, std=guard.last_std)
+                    log.write(Spike(step=step - 1, loss=loss_value, mean=guard.last_mean, std=guard.last_std))
             if step % tc.log_interval == 0 and verdict != "nan":
                 lr = optimizer.param_groups[0]["lr"]
                 tok_per_s = tokens_per_iter / dt  # all processes together
@@ -405,16 +405,16 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                              f"{flops_per_token * per_gpu / 1e12:.3g} TFLOP/s; mfu is per {unit}")
                 console.print(line)
                 if log:
-                    log.write("log", step, tokens=tokens_seen, epoch=loader.epoch_float, loss=loss_value, lr=lr,
+                    log.write(Log(step=step, tokens=tokens_seen, epoch=loader.epoch_float, loss=loss_value, lr=lr,
                               dt_ms=round(dt * 1000, 3), tok_per_s=round(tok_per_s, 1), mfu=fraction,
                               grad_norm=grad_norm, tok_per_s_per_gpu=round(per_gpu, 1),
-                              tflops_per_gpu=round(flops_per_token * per_gpu / 1e12, 4))
+                              tflops_per_gpu=round(flops_per_token * per_gpu / 1e12, 4)))
             console.progress(step, max_iters, sum(step_times) / len(step_times))
 
     console.close()
     console.print(f"done: {reason} at step {step}, {tokens_seen:,} tokens, best val loss {best_val:.4f}, "
                   f"{clock(time.time() - launch)} in all; run directory {run_dir}")
     if log:
-        log.write("end", step, reason=reason)
+        log.write(End(step=step, reason=reason))
         log.close()
     return {"step": step, "reason": reason, "best_val_loss": best_val, "val_loss": last_val, "run_dir": run_dir}
