@@ -1,16 +1,17 @@
-"""Run directories with synthetic metrics.jsonl files shaped like the trainer's, one per classic case
-(healthy, data-limited plateau, overfitting, LR too high, divergence, a dataset grown mid-run), for the
-diagnose and plot tests."""
+"""Run directories with synthetic metrics.jsonl files, one per classic case (healthy, data-limited plateau,
+overfitting, LR too high, divergence, a dataset grown mid-run), for the diagnose and plot tests. The records
+are built with the trainer's own schema (gptforge.train.events), so they have exactly its fields."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import math
 import random
 from pathlib import Path
 
 from gptforge.analysis.plan.sizing import param_counts
 from gptforge.config import build_config, to_toml
+from gptforge.train.events import Checkpoint, DataGrew, End, Eval, Event, Log, NanSkip, Spike, Start, to_line
 from gptforge.train.optim import lr_multiplier
 
 
@@ -43,72 +44,54 @@ def write_run(
     tokens_per_iter = tc.batch_size * tc.gradient_accumulation_steps * m.block_size
     max_iters = tc.max_iters
     stop_at = stop_at if stop_at is not None else max_iters
-    events = [
-        dict(
-            event="start",
-            step=0,
-            time=0.0,
-            config=cfg.flat(),
-            params=params.total,
-            params_non_embedding=params.non_embedding,
-            tokens_per_iter=tokens_per_iter,
-            max_iters=max_iters,
-            planned_tokens=max_iters * tokens_per_iter,
-            tokens_per_param=max_iters * tokens_per_iter / params.total,
-            dataset_train_tokens=dataset_train_tokens,
-            dataset_val_tokens=dataset_train_tokens // 100,
-            dataset_version=1,
-            planned_epochs=max_iters * tokens_per_iter / dataset_train_tokens,
-            device="cuda" if mfu else "cpu",
-            device_name="NVIDIA H100 80GB HBM3" if mfu else "CPU",
-            world_size=1,
-            peak_flops=989e12 if mfu else None,
-            flops_per_token=1.0,
-            resumed_from=None,
-        )
-    ]
+    start = Start(step=0, time=0.0, config=cfg.flat(), params=params.total, params_non_embedding=params.non_embedding,
+                  tokens_per_iter=tokens_per_iter, max_iters=max_iters, planned_tokens=max_iters * tokens_per_iter,
+                  tokens_per_param=max_iters * tokens_per_iter / params.total,
+                  dataset_train_tokens=dataset_train_tokens, dataset_val_tokens=dataset_train_tokens // 100,
+                  dataset_version=1, planned_epochs=max_iters * tokens_per_iter / dataset_train_tokens,
+                  device="cuda" if mfu else "cpu", device_name="NVIDIA H100 80GB HBM3" if mfu else "CPU", world_size=1,
+                  fsdp=False, peak_flops=989e12 if mfu else None, flops_per_token=1.0, resumed_from=None)
+    events: list[Event] = [start]
     consecutive = 0
     for step in range(0, stop_at + 1):
         tokens = step * tokens_per_iter
         epoch = tokens / dataset_train_tokens
         if step % tc.eval_interval == 0 or step == max_iters:
-            events.append(dict(event="eval", step=step, time=step * 0.1, tokens=tokens, epoch=epoch,
+            events.append(Eval(step=step, time=step * 0.1, tokens=tokens, epoch=epoch,
                                train_loss=train(step) + rng.gauss(0, eval_noise),
                                val_loss=val(step) + rng.gauss(0, eval_noise), val_ppl=math.exp(min(val(step), 700)),
                                eval_batches=tc.eval_iters, seconds=1.0))
             if step and step < max_iters:
-                events.append(
-                    dict(event="checkpoint", step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1)
-                )
+                events.append(Checkpoint(step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
         if grow and step == grow["step"]:
-            events.append(dict(event="end", step=step, time=step * 0.1, reason="max_iters"))
-            events.append(dict(events[0], step=step, time=1.0, dataset_train_tokens=grow["train_tokens"],
-                               dataset_val_tokens=grow["val_tokens"], dataset_version=2, resumed_from=step))
-            events.append(dict(event="data_grew", step=step, time=1.0, old_train_tokens=dataset_train_tokens,
-                               new_train_tokens=grow["train_tokens"], version=2))
+            events.append(End(step=step, time=step * 0.1, reason="max_iters"))
+            events.append(dataclasses.replace(start, step=step, time=1.0, dataset_train_tokens=grow["train_tokens"],
+                                              dataset_val_tokens=grow["val_tokens"], dataset_version=2,
+                                              resumed_from=step))
+            events.append(DataGrew(step=step, time=1.0, old_train_tokens=dataset_train_tokens,
+                                   new_train_tokens=grow["train_tokens"], version=2))
         if step == stop_at:
             break
         done = step + 1
         loss = train(step) + rng.gauss(0, log_noise) + (spikes or {}).get(step, 0.0)
         if nan_from is not None and step >= nan_from:
             consecutive += 1
-            events.append(
-                dict(event="nan_skip", step=step, time=step * 0.1, count=consecutive, consecutive=consecutive)
-            )
+            events.append(NanSkip(step=step, time=step * 0.1, count=consecutive, consecutive=consecutive))
             continue
         if spikes and step in spikes:
-            events.append(dict(event="spike", step=step, time=step * 0.1, loss=loss, mean=train(step), std=log_noise))
+            events.append(Spike(step=step, time=step * 0.1, loss=loss, mean=train(step), std=log_noise))
         if done % tc.log_interval == 0:
             lr = cfg.optim.learning_rate * lr_multiplier(step, cfg.optim, max_iters)
             speed = tok_per_s * (1 + rng.gauss(0, 0.02))
-            events.append(dict(event="log", step=done, time=done * 0.1, tokens=done * tokens_per_iter,
-                               epoch=done * tokens_per_iter / dataset_train_tokens, loss=loss, lr=lr,
-                               dt_ms=tokens_per_iter / speed * 1000, tok_per_s=speed, mfu=mfu, grad_norm=0.5))
+            events.append(Log(step=done, time=done * 0.1, tokens=done * tokens_per_iter,
+                              epoch=done * tokens_per_iter / dataset_train_tokens, loss=loss, lr=lr,
+                              dt_ms=tokens_per_iter / speed * 1000, tok_per_s=speed, mfu=mfu, grad_norm=0.5,
+                              tok_per_s_per_gpu=speed, tflops_per_gpu=speed * start.flops_per_token / 1e12))
     if end_reason:
-        events.append(dict(event="end", step=stop_at, time=stop_at * 0.1, reason=end_reason))
+        events.append(End(step=stop_at, time=stop_at * 0.1, reason=end_reason))
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(to_toml(cfg), encoding="utf-8")
-    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    (run_dir / "metrics.jsonl").write_text("".join(to_line(e) + "\n" for e in events), encoding="utf-8")
     return run_dir
 
 

@@ -101,19 +101,19 @@ def test_growth_is_logged_and_diagnosed_per_dataset_version(grown_run):
         (1, grown_run["v1_train"], None), (2, ds.train_tokens, STEPS)]
 
     d = diagnose_command(run)
-    v1, v2 = d.facts["versions"]
+    v1, v2 = d.facts.versions
     assert (v1.version, v1.start_step, v1.end_step, v1.tokens) == (1, 0, STEPS, STEPS * per_iter)
     assert (v2.version, v2.start_step, v2.end_step, v2.tokens) == (2, STEPS, 2 * STEPS, STEPS * per_iter)
     assert v1.epochs == pytest.approx(STEPS * per_iter / grown_run["v1_train"])
     assert v2.epochs == pytest.approx(STEPS * per_iter / ds.train_tokens)
     assert (v1.val_tokens, v2.val_tokens) == (grown_run["v1_val"], ds.val_tokens)
-    assert d.facts["epochs"] == pytest.approx(2 * STEPS * per_iter / ds.train_tokens)
+    assert d.facts.epochs == pytest.approx(2 * STEPS * per_iter / ds.train_tokens)
 
     # the val series continues across the resume: the eval at the growth step is the first launch's
     run_log = read_run(run)
-    evals = {e["step"]: e["val_loss"] for e in run_log.evals}
+    evals = {e.step: e.val_loss for e in run_log.evals}
     assert sorted(evals) == list(range(0, 2 * STEPS + 1, 10))
-    (g,) = d.facts["growths"]
+    (g,) = d.facts.growths
     assert g.step == STEPS and g.tokens == STEPS * per_iter
     assert g.val_before == (STEPS, evals[STEPS]) and g.after == [(s, evals[s]) for s in (50, 60, 70, 80)]
     assert g.change == pytest.approx(evals[80] - evals[STEPS])

@@ -10,7 +10,7 @@ import pytest
 from gptforge.errors import UserError
 from gptforge.train.console import Console, eval_line, iter_line
 from gptforge.train.devices import mfu, peak_flops
-from gptforge.train.events import MetricsLog
+from gptforge.train.events import Log, MetricsLog
 
 
 @pytest.mark.parametrize("name, flops", [
@@ -42,7 +42,8 @@ def test_lines_keep_nanogpt_shape():
 
 def test_metrics_jsonl_is_flushed_per_line(tmp_path):
     log = MetricsLog(tmp_path, fresh=True)
-    log.write("log", 3, loss=1.5, mfu=None)
+    log.write(Log(step=3, loss=1.5, lr=1e-3, tokens=96, epoch=0.1, dt_ms=1.0, tok_per_s=1.0, mfu=None,
+                  grad_norm=None, tok_per_s_per_gpu=None, tflops_per_gpu=None))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]  # before close
     assert records[0]["event"] == "log" and records[0]["step"] == 3 and records[0]["loss"] == 1.5
     assert records[0]["mfu"] is None and isinstance(records[0]["time"], float)

@@ -12,6 +12,7 @@ from gptforge.analysis.runlog import RunLog, finite, read_run
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_bytes
+from gptforge.train.events import Event
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -29,8 +30,9 @@ def loss_limits(values: list[float]) -> tuple[float, float] | None:
     return lo - pad, hi + pad
 
 
-def _series(events: list[dict], x: str, y: str) -> tuple[list[float], list[float]]:
-    pairs = [(e[x], e[y]) for e in events if finite(e.get(x)) and finite(e.get(y))]
+def _series(events: list[Event], x: str, y: str) -> tuple[list[float], list[float]]:
+    """(x, y) of the records where both fields are numbers: x and y name fields of the records' schema."""
+    pairs = [(getattr(e, x), getattr(e, y)) for e in events if finite(getattr(e, x)) and finite(getattr(e, y))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -72,17 +74,17 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
                         label=f"{prefix}val")
             all_losses += ys + vy
             for j, e in enumerate(run.data_grew):  # where a resume took in new shards
-                at = e["step"] if x == "step" else run.tokens_at(e["step"])
+                at = e.step if x == "step" else run.tokens_at(e.step)
                 ax.axvline(at, color=color, alpha=0.7, linewidth=1.2, linestyle="-.",
                            label=f"{prefix}data grew" if j == 0 else None)
-                ax.annotate(f" v{e.get('version')}: {count(e['old_train_tokens'])} -> {count(e['new_train_tokens'])} "
+                ax.annotate(f" v{e.version}: {count(e.old_train_tokens or 0)} -> {count(e.new_train_tokens or 0)} "
                             "train tokens", (at, 0.98), xycoords=("data", "axes fraction"), rotation=90, va="top",
                             fontsize=7, color=color)
             if x == "step":  # where the trainer reported spikes (dotted) and skipped non-finite losses (red)
                 for e in run.spikes:
-                    ax.axvline(e["step"], color=color, alpha=0.3, linewidth=0.8, linestyle=":")
+                    ax.axvline(e.step, color=color, alpha=0.3, linewidth=0.8, linestyle=":")
                 for j, e in enumerate(run.nan_skips):
-                    ax.axvline(e["step"], color="red", alpha=0.5, linewidth=0.8,
+                    ax.axvline(e.step, color="red", alpha=0.5, linewidth=0.8,
                                label=f"{prefix}non-finite loss skipped" if j == 0 else None)
         xs, ys = _series(run.logs, "step", "lr")
         if xs:

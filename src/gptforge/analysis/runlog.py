@@ -3,7 +3,8 @@
 A resumed run appends a new "start" event whose resumed_from names the checkpoint's step; the records
 the first process wrote after that step were never part of the run that continued, so they are dropped
 (and so is an earlier resume from the same step, which the new one replaces). A crash can leave the last
-line half-written: it is skipped.
+line half-written: it is skipped. The records are the typed ones of train/events.py, the schema the trainer
+writes with.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.train.events import Checkpoint, DataGrew, End, Eval, Event, Log, NanSkip, Spike, Start, from_dict
 
 METRICS = "metrics.jsonl"
 
@@ -21,90 +23,94 @@ METRICS = "metrics.jsonl"
 @dataclass
 class RunLog:
     run_dir: Path
-    starts: list[dict] = field(default_factory=list)
-    logs: list[dict] = field(default_factory=list)  # "log" events, by step
-    evals: list[dict] = field(default_factory=list)
-    spikes: list[dict] = field(default_factory=list)
-    nan_skips: list[dict] = field(default_factory=list)
-    checkpoints: list[dict] = field(default_factory=list)
-    data_grew: list[dict] = field(default_factory=list)
-    ends: list[dict] = field(default_factory=list)
+    starts: list[Start] = field(default_factory=list)
+    logs: list[Log] = field(default_factory=list)  # by step
+    evals: list[Eval] = field(default_factory=list)
+    spikes: list[Spike] = field(default_factory=list)
+    nan_skips: list[NanSkip] = field(default_factory=list)
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    data_grew: list[DataGrew] = field(default_factory=list)
+    ends: list[End] = field(default_factory=list)
     skipped_lines: int = 0
 
     @property
-    def start(self) -> dict:
-        """The latest start event (its config and dataset are those of the run as it stands)."""
-        return self.starts[-1] if self.starts else {}
+    def start(self) -> Start:
+        """The latest start event (its config and dataset are those of the run as it stands); without one, a
+        start whose fields are all unknown (None)."""
+        return self.starts[-1] if self.starts else NO_START
 
     @property
     def config(self) -> dict:
-        return self.start.get("config", {})
+        return self.start.config or {}
 
     @property
     def end_reason(self) -> str | None:
-        return self.ends[-1].get("reason") if self.ends else None
+        return self.ends[-1].reason if self.ends else None
 
     @property
     def label(self) -> str:
         return self.run_dir.name or str(self.run_dir)
 
-    def start_at(self, step: int) -> dict:
+    def start_at(self, step: int) -> Start:
         """The start event in force at `step` (the last launch at or before it)."""
-        return next((s for s in reversed(self.starts) if s["step"] <= step), self.starts[0] if self.starts else {})
+        return next((s for s in reversed(self.starts) if s.step <= step), self.starts[0] if self.starts else NO_START)
 
     def tokens_at(self, step: int) -> int:
         """Tokens trained by the end of `step`: the nearest logged count at or before it, plus the iterations
         since at the tokens per iteration of the launch then in force (a resume may change the batch)."""
-        known = [
-            (e["step"], e["tokens"]) for e in self.logs + self.evals if e["step"] <= step and finite(e.get("tokens"))
-        ]
+        known = [(e.step, e.tokens) for e in self.logs + self.evals if e.step <= step and finite(e.tokens)]
         base_step, base_tokens = max(known) if known else (0, 0)
-        per_iter = self.start_at(step).get("tokens_per_iter") or 0
+        per_iter = self.start_at(step).tokens_per_iter or 0
         return int(base_tokens + (step - base_step) * per_iter)
 
 
-_LISTS = {"log": "logs", "eval": "evals", "spike": "spikes", "nan_skip": "nan_skips", "checkpoint": "checkpoints",
-          "data_grew": "data_grew", "end": "ends"}
+NO_START = from_dict({"event": "start", "step": 0})  # a run without a start event: nothing known
 
 
-def parse_events(lines: list[str]) -> tuple[list[dict], int]:
-    """The JSON objects of the lines, and how many lines were unreadable (a torn last line)."""
+_LISTS = {Log: "logs", Eval: "evals", Spike: "spikes", NanSkip: "nan_skips", Checkpoint: "checkpoints",
+          DataGrew: "data_grew", End: "ends"}
+
+
+def parse_events(lines: list[str]) -> tuple[list[Event], int]:
+    """The records of the lines, and how many lines were unreadable (a torn last line). Lines of an event
+    kind this version does not know are left out without counting as unreadable."""
     events, skipped = [], 0
     for line in lines:
         if not line.strip():
             continue
         try:
-            event = json.loads(line)
+            record = json.loads(line)
         except ValueError:
-            event = None
-        if not isinstance(event, dict) or "event" not in event or not isinstance(event.get("step"), int):
+            record = None
+        if not isinstance(record, dict) or "event" not in record or not isinstance(record.get("step"), int):
             skipped += 1
             continue
-        events.append(event)
+        event = from_dict(record)
+        if event is not None:
+            events.append(event)
     return events, skipped
 
 
-def fold(events: list[dict], run_dir: Path) -> RunLog:
+def fold(events: list[Event], run_dir: Path) -> RunLog:
     """Events in file order to a RunLog: a resume drops what came after its checkpoint step; the last
     record of a step wins."""
     run = RunLog(run_dir)
     for event in events:
-        kind = event["event"]
-        if kind == "start":
-            resumed = event.get("resumed_from")
+        if isinstance(event, Start):
+            resumed = event.resumed_from
             if resumed is None:  # a fresh start: nothing before it belongs to this run
                 run = RunLog(run_dir, skipped_lines=run.skipped_lines)
             else:
                 for name in _LISTS.values():
-                    setattr(run, name, [e for e in getattr(run, name) if e["step"] <= resumed])
+                    setattr(run, name, [e for e in getattr(run, name) if e.step <= resumed])
                 run.ends = []
                 # a resume from step s replaces launches that resumed from s or later
-                run.starts = [s for s in run.starts if s.get("resumed_from") is None or s["step"] < resumed]
+                run.starts = [s for s in run.starts if s.resumed_from is None or s.step < resumed]
             run.starts.append(event)
-        elif kind in _LISTS:
-            getattr(run, _LISTS[kind]).append(event)
+        elif type(event) in _LISTS:
+            getattr(run, _LISTS[type(event)]).append(event)
     for name in ("logs", "evals", "data_grew"):  # a second resume from the same checkpoint repeats data_grew
-        by_step = {e["step"]: e for e in getattr(run, name)}
+        by_step = {e.step: e for e in getattr(run, name)}
         setattr(run, name, [by_step[s] for s in sorted(by_step)])
     return run
 

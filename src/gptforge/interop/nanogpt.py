@@ -25,6 +25,7 @@ from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text, building_dir
 from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import save_checkpoint
+from gptforge.train.state import TrainState, dataset_entry
 
 # nanoGPT config keys that mean the same in gptforge (nanoGPT's names were kept on purpose)
 SHARED_KEYS = ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
@@ -183,7 +184,6 @@ def _run_config(ckpt: dict, vocab: int, data: Path | None, out: Path, where: Pat
 def import_nanogpt_command(checkpoint, out, data=None) -> Path:
     """Turn a nanoGPT ckpt.pt into a gptforge run directory at `out` (built aside, then renamed)."""
     from gptforge.data.dataset import open_dataset
-    from gptforge.train.guard import LossGuard
     from gptforge.train.loader import TrainLoader
 
     ckpt_path, out = Path(checkpoint), Path(out)
@@ -213,30 +213,24 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
         optimizer_state, moments = optimizer.state_dict(), "no optimizer state in the file: AdamW starts fresh"
 
     step = int(ckpt.get("iter_num", 0))
-    tc = cfg.train
-    tokens_per_iter = cfg.tokens_per_iter
     best = ckpt.get("best_val_loss")
-    best = float(best) if best is not None else float("inf")
-    loader_state, epoch, dataset_info = None, 0.0, None
+    state = TrainState(step=step, tokens_seen=step * cfg.tokens_per_iter, config=cfg.flat(), tokenizer=identity,
+                       best_val_loss=float(best) if best is not None else float("inf"),
+                       imported_from={"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step})
     if dataset is not None:
-        loader_state = TrainLoader(dataset, tc.batch_size, cfg.model.block_size, tc.seed).state_dict()
-        epoch = step * tokens_per_iter / dataset.train_tokens
-        dataset_info = {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens}
-    state = {"step": step, "tokens_seen": step * tokens_per_iter, "epoch": epoch, "config": cfg.flat(),
-             "tokenizer": identity, "loader": loader_state,
-             "guard": LossGuard(tc.spike_sigma, tc.max_nan_skips, after_step=cfg.optim.warmup_iters).state_dict(),
-             "best_val_loss": best, "val_loss": None, "dataset": dataset_info,
-             "imported_from": {"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step}}
-    rng = {"cpu_rng": torch.Generator().manual_seed(tc.seed).get_state()}  # nanoGPT does not save its RNG
+        state.loader = TrainLoader(dataset, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed).state_dict()
+        state.epoch = state.tokens_seen / dataset.train_tokens
+        state.dataset = dataset_entry(dataset)
+    rng = {"cpu_rng": torch.Generator().manual_seed(cfg.train.seed).get_state()}  # nanoGPT does not save its RNG
 
     with building_dir(out) as tmp:
         atomic_write_text(tmp / "config.toml", to_toml(cfg))
         if tokenizer is not None:
             tokenizer.save(tmp / "tokenizer")
         save_checkpoint(tmp, step, model_state=model.state_dict(), optimizer_state=optimizer_state,
-                        extra_tensors=rng, state=state, keep_last=tc.keep_last, is_best=True)
-    print(f"imported {ckpt_path} (iter {step}, {model.num_params():,} parameters, best val loss {best:.4f}) into "
-          f"{out}; {moments}")
+                        extra_tensors=rng, state=state.state_dict(), keep_last=cfg.train.keep_last, is_best=True)
+    print(f"imported {ckpt_path} (iter {step}, {model.num_params():,} parameters, best val loss "
+          f"{state.best_val_loss:.4f}) into {out}; {moments}")
     if dataset is None:
         print("no --data given: the run samples" + ("" if tokenizer else " token ids only (no tokenizer known)") +
               "; to continue training, import again with --data=DATA_FOLDER")

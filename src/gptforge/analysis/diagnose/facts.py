@@ -1,57 +1,108 @@
-"""`gptforge diagnose RUN_DIR`: what the run is doing, from its own records, and what to change.
-
-`analyse` turns a run's events (metrics.jsonl), resolved config and dataset size into numbers (`facts`)
-and ranked findings; it is pure, so each classic case is tested on a synthetic log. `report.diagnose_command`
-reads the files, and diagnose_report writes RUN_DIR/diagnosis.md, a loss plot next to it and prints the
-summary.
+"""The numbers a diagnosis rests on, gathered from a run's records (metrics.jsonl), its resolved config and
+the dataset's size: one typed `Facts` that the findings (findings.py) and the report (report.py) read.
+Pure, so each classic case is tested on a synthetic log.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gptforge.analysis import curves
-from gptforge.analysis.diagnose.growth import finding_parts, growths, version_spans
+from gptforge.analysis.diagnose.growth import Growth, VersionSpan, growths, version_spans
 from gptforge.analysis.runlog import RunLog, finite
-from gptforge.fmt import count
 
-MANY_EPOCHS = 4.0  # beyond ~4 passes repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)
-CHINCHILLA = 20.0
-LOW_MFU = 0.20
 PER_SEQUENCE_LOSS_SPREAD = 0.4  # typical std of a sequence's mean loss on web text (nats), for eval noise
 
 
-@dataclass
-class Finding:
-    kind: str
-    score: int  # ranking: higher first
-    title: str
-    evidence: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
+@dataclass(frozen=True)
+class Schedule:
+    """The LR schedule at the last step, from the optimizer's own pure schedule function."""
+
+    multiplier: float  # of the peak, now
+    peak: float
+    now: float
+    min_lr: float
+    schedule: str  # cosine, wsd, constant
+    warmup_iters: int
+    optimizer: str
+    muon_lr: float
 
 
-@dataclass
-class Diagnosis:
-    facts: dict
-    findings: list[Finding]
+@dataclass(frozen=True)
+class Facts:
+    # where the run is, and how much it has trained on
+    last_step: int
+    max_iters: int
+    tokens_per_iter: int
+    tokens_seen: int
+    dataset_train_tokens: int | None
+    epochs: float | None  # over the current dataset
+    planned_epochs: float | None
+    params: int | None
+    params_non_embedding: int | None
+    tokens_per_param: float | None
+    chars_per_token: float | None
+    end_reason: str | None  # None: still running, or crashed
+    progress: float | None  # last_step / max_iters
+    versions: list[VersionSpan]  # one per dataset version trained on
+    growths: list[Growth]
+    since: int | None  # the step the current dataset version began (None: one version)
+    device: str | None
+    device_name: str | None
+    world_size: int
+    skipped_lines: int
+    checkpoint_steps: list[int]
+    # the losses
+    evals: int
+    train_now: float | None
+    val_now: float | None
+    first_loss: float | None
+    gap: float | None  # val - train at the last eval
+    ppl: float | None
+    gap_trend: curves.Trend | None
+    curve: str  # "val" or "train": the curve whose trend matters
+    trend: curves.Trend
+    train_trend: curves.Trend | None
+    # instability
+    rebound: curves.Rebound | None
+    oscillation: float
+    spikes: int
+    spikes_after_warmup: int
+    nan_skips: int
+    max_consecutive_nan: int
+    max_nan_skips: int
+    first_nan_step: int | None
+    grad_norm_median: float | None
+    grad_norm_max: float | None
+    # the learning rate
+    schedule: Schedule | None
+    lr_logged_now: float | None
+    lr_logged_max: float | None
+    warmup_iters: int
+    warmup_tokens: int
+    # speed and the evals' precision
+    throughput: curves.Stability | None
+    mfu: curves.Stability | None
+    eval_sequences: int
+    eval_tokens: int
+    eval_error: float | None  # standard error of the val loss from the choice of sequences
+    # the best val since the current dataset version (None without evals)
+    val_min: float | None = None
+    val_min_step: int | None = None
+    train_at_val_min: float | None = None
 
-    def kinds(self) -> list[str]:
-        return [f.kind for f in self.findings]
 
-    def finding(self, kind: str) -> Finding | None:
-        return next((f for f in self.findings if f.kind == kind), None)
-
-
-# ------------------------------------------------------------------------------------------- facts
+def _points(events: list, key: str, x: str = "step") -> list[tuple[float, float]]:
+    pairs = [(getattr(e, x), getattr(e, key)) for e in events]
+    return [(float(a), float(b)) for a, b in pairs if finite(a) and finite(b)]
 
 
-def _points(events: list[dict], key: str, x: str = "step") -> list[tuple[float, float]]:
-    return [(float(e[x]), float(e[key])) for e in events if finite(e.get(key)) and finite(e.get(x))]
+_OPTIM_KEYS = ("optimizer", "learning_rate", "min_lr", "schedule", "warmup_iters", "lr_decay_iters", "decay_fraction",
+               "muon_lr")
 
 
-def _lr_schedule(config: dict, step: int, max_iters: int) -> dict | None:
-    """LR now and the schedule's shape, from the optimizer's own pure schedule function."""
+def lr_schedule(config: dict, step: int, max_iters: int) -> Schedule | None:
     try:
         from gptforge.config import build_config
         from gptforge.train.optim import lr_multiplier
@@ -60,420 +111,106 @@ def _lr_schedule(config: dict, step: int, max_iters: int) -> dict | None:
     except Exception:  # an old or foreign config: fall back to the logged values only
         return None
     mult = lr_multiplier(min(step, max_iters), optim, max_iters)
-    return {"multiplier": mult, "peak": optim.learning_rate, "now": optim.learning_rate * mult,
-            "min_lr": optim.min_lr, "schedule": optim.schedule, "warmup_iters": optim.warmup_iters,
-            "optimizer": optim.optimizer, "muon_lr": optim.muon_lr}
+    return Schedule(mult, optim.learning_rate, optim.learning_rate * mult, optim.min_lr, optim.schedule,
+                    optim.warmup_iters, optim.optimizer, optim.muon_lr)
 
 
-_OPTIM_KEYS = ("optimizer", "learning_rate", "min_lr", "schedule", "warmup_iters", "lr_decay_iters", "decay_fraction",
-               "muon_lr")
-
-
-def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
-                 chars_per_token: float | None = None) -> dict:
-    """The numbers the report and the findings rest on."""
-    start = run.start
-    logs, evals = run.logs, run.evals
-    last_step = max([e["step"] for e in logs + evals] or [0])
-    tokens_per_iter = start.get("tokens_per_iter") or (
+def _size(run: RunLog, config: dict, dataset_train_tokens: int | None, chars_per_token: float | None) -> dict:
+    """How far the run got, in steps, tokens and epochs, over which dataset versions."""
+    start, logs, evals = run.start, run.logs, run.evals
+    last_step = max([e.step for e in logs + evals] or [0])
+    tokens_per_iter = start.tokens_per_iter or (
         config.get("batch_size", 0) * config.get("gradient_accumulation_steps", 0) * config.get("block_size", 0))
-    tokens_seen = max(
-        [e.get("tokens", 0) for e in logs + evals if finite(e.get("tokens"))] or [last_step * tokens_per_iter]
-    )
-    data_tokens = dataset_train_tokens or start.get("dataset_train_tokens")
+    tokens_seen = max([e.tokens for e in logs + evals if finite(e.tokens)] or [last_step * tokens_per_iter])
+    data_tokens = dataset_train_tokens or start.dataset_train_tokens
     spans = version_spans(run, last_step, tokens_seen)
-    epochs = next(
-        (e["epoch"] for e in reversed(logs + evals) if finite(e.get("epoch")) and e["step"] == last_step), None
-    )
+    epochs = next((e.epoch for e in reversed(logs + evals) if finite(e.epoch) and e.step == last_step), None)
     if (epochs is None or len(spans) > 1) and data_tokens:
         epochs = tokens_seen / data_tokens  # the loader's count restarts its epoch when the data grows
-    if dataset_train_tokens and start.get("dataset_train_tokens") not in (None, dataset_train_tokens):
+    if dataset_train_tokens and start.dataset_train_tokens not in (None, dataset_train_tokens):
         epochs = tokens_seen / dataset_train_tokens  # --data names a different (grown) dataset: count against it
-    # comparisons on the val curve stay after the last change of dataset (the val split may have changed)
-    since = spans[-1].start_step if len(spans) > 1 else None
-    params = start.get("params")
-    max_iters = start.get("max_iters") or config.get("max_iters") or last_step
-    train_pts, val_pts = _points(logs, "loss"), _points(evals, "val_loss")
-    eval_train_pts = _points(evals, "train_loss")
-    facts = {
-        "last_step": last_step,
-        "max_iters": max_iters,
-        "tokens_per_iter": tokens_per_iter,
-        "tokens_seen": tokens_seen,
-        "dataset_train_tokens": data_tokens,
-        "epochs": epochs,
-        "planned_epochs": start.get("planned_epochs"),
-        "params": params,
-        "params_non_embedding": start.get("params_non_embedding"),
-        "tokens_per_param": tokens_seen / params if params else None,
-        "chars_per_token": chars_per_token,
-        "end_reason": run.end_reason,
-        "spikes": len(run.spikes),
-        "nan_skips": len(run.nan_skips),
-        "max_consecutive_nan": max([e.get("consecutive", 1) for e in run.nan_skips] or [0]),
-        "max_nan_skips": config.get("max_nan_skips", 5),
-        "evals": len(val_pts),
-        "skipped_lines": run.skipped_lines,
-        "device": start.get("device"),
-        "device_name": start.get("device_name"),
-        "world_size": start.get("world_size", 1),
-    }
-    facts["versions"], facts["growths"], facts["since"] = spans, growths(run, spans), since
-    facts["train_now"] = eval_train_pts[-1][1] if eval_train_pts else (
+    params = start.params
+    max_iters = start.max_iters or config.get("max_iters") or last_step
+    return dict(last_step=last_step, max_iters=max_iters, tokens_per_iter=tokens_per_iter, tokens_seen=tokens_seen,
+                dataset_train_tokens=data_tokens, epochs=epochs, planned_epochs=start.planned_epochs, params=params,
+                params_non_embedding=start.params_non_embedding,
+                tokens_per_param=tokens_seen / params if params else None, chars_per_token=chars_per_token,
+                end_reason=run.end_reason, progress=last_step / max_iters if max_iters else None,
+                versions=spans, growths=growths(run, spans),
+                # comparisons on the val curve stay after the last change of dataset (the val split may differ)
+                since=spans[-1].start_step if len(spans) > 1 else None,
+                device=start.device, device_name=start.device_name, world_size=start.world_size or 1,
+                skipped_lines=run.skipped_lines, checkpoint_steps=[e.step for e in run.checkpoints])
+
+
+def _losses(run: RunLog, since: int | None) -> dict:
+    """Train and val now, their gap, the best val, and the trends."""
+    train_pts, val_pts = _points(run.logs, "loss"), _points(run.evals, "val_loss")
+    eval_train_pts = _points(run.evals, "train_loss")
+    train_now = eval_train_pts[-1][1] if eval_train_pts else (
         curves.smooth([p[1] for p in train_pts], curves.smoothing_span(len(train_pts)))[-1] if train_pts else None)
-    facts["val_now"] = val_pts[-1][1] if val_pts else None
-    first = (eval_train_pts or train_pts or [(0, None)])[0][1]
-    facts["first_loss"] = first
-    facts["gap"] = facts["val_now"] - facts["train_now"] if val_pts and eval_train_pts else None
-    facts["ppl"] = math.exp(facts["val_now"]) if val_pts and facts["val_now"] < 700 else None
+    val_now = val_pts[-1][1] if val_pts else None
+    out = dict(evals=len(val_pts), train_now=train_now, val_now=val_now,
+               first_loss=(eval_train_pts or train_pts or [(0, None)])[0][1],
+               gap=val_now - train_now if val_pts and eval_train_pts else None,
+               ppl=math.exp(val_now) if val_pts and val_now < 700 else None)
     same_val = [p for p in val_pts if since is None or p[0] > since] or val_pts
     if val_pts:
         i = min(range(len(same_val)), key=lambda k: same_val[k][1])
-        facts["val_min"], facts["val_min_step"] = same_val[i][1], int(same_val[i][0])
-        facts["train_at_val_min"] = next((y for x, y in eval_train_pts if x == same_val[i][0]), None)
+        out.update(val_min=same_val[i][1], val_min_step=int(same_val[i][0]),
+                   train_at_val_min=next((y for x, y in eval_train_pts if x == same_val[i][0]), None))
     gaps = [(x, v - t) for (x, v), (x2, t) in zip(val_pts, eval_train_pts) if x == x2 and (since is None or x > since)]
-    facts["gap_trend"] = curves.trend(gaps) if len(gaps) >= 3 else None
     # the curve whose plateau matters: val (what generalises), else the logged train loss
-    facts["curve"] = "val" if len(val_pts) >= curves.MIN_POINTS else "train"
-    facts["trend"] = curves.trend(val_pts if facts["curve"] == "val" else train_pts, since=since)
-    facts["train_trend"] = curves.trend(train_pts, since=since) if len(train_pts) >= 3 else None
+    curve = "val" if len(val_pts) >= curves.MIN_POINTS else "train"
+    out.update(gap_trend=curves.trend(gaps) if len(gaps) >= 3 else None, curve=curve,
+               trend=curves.trend(val_pts if curve == "val" else train_pts, since=since),
+               train_trend=curves.trend(train_pts, since=since) if len(train_pts) >= 3 else None)
+    return out
+
+
+def _instability(run: RunLog, config: dict, spans: list[VersionSpan], since: int | None) -> dict:
+    """Climbs, swings, spikes, non-finite losses and gradient norms, after warmup."""
     warmup = config.get("warmup_iters", 0)
-    after_warmup = [p for p in train_pts if p[0] > warmup]
+    after_warmup = [p for p in _points(run.logs, "loss") if p[0] > warmup]
     # a jump where new data came in is not instability: look for climbs within each dataset version
     pieces = (
         [[p for p in after_warmup if s.start_step < p[0] <= s.end_step] for s in spans] if since else [after_warmup]
     )
     rebounds = [r for r in map(curves.worst_rebound, pieces) if r is not None]
-    facts["rebound"] = max(rebounds, key=lambda r: r.rise) if rebounds else None
-    facts["oscillation"] = curves.oscillation(after_warmup)
-    facts["spikes_after_warmup"] = sum(1 for e in run.spikes if e["step"] >= warmup)
-    facts["first_nan_step"] = run.nan_skips[0]["step"] if run.nan_skips else None
-    facts["lr_logged_now"] = next((e["lr"] for e in reversed(logs) if finite(e.get("lr"))), None)
-    facts["lr_logged_max"] = max([e["lr"] for e in logs if finite(e.get("lr"))] or [0.0]) or None
-    facts["schedule"] = _lr_schedule(config, last_step, max_iters)
-    facts["warmup_iters"], facts["warmup_tokens"] = warmup, warmup * tokens_per_iter
-    facts["progress"] = last_step / max_iters if max_iters else None
-    facts["throughput"] = curves.stability([e.get("tok_per_s") for e in logs])
-    mfus = [e.get("mfu") for e in logs if finite(e.get("mfu"))]
-    facts["mfu"] = curves.stability(mfus) if mfus else None
-    grad_norms = [e["grad_norm"] for e in logs if finite(e.get("grad_norm"))]
-    facts["grad_norm_median"] = sorted(grad_norms)[len(grad_norms) // 2] if grad_norms else None
-    facts["grad_norm_max"] = max(grad_norms) if grad_norms else None
-    batches = (next((e.get("eval_batches") for e in reversed(evals) if e.get("eval_batches")), None)
+    grad_norms = [e.grad_norm for e in run.logs if finite(e.grad_norm)]
+    return dict(rebound=max(rebounds, key=lambda r: r.rise) if rebounds else None,
+                oscillation=curves.oscillation(after_warmup), spikes=len(run.spikes),
+                spikes_after_warmup=sum(1 for e in run.spikes if e.step >= warmup), nan_skips=len(run.nan_skips),
+                max_consecutive_nan=max([e.consecutive or 1 for e in run.nan_skips] or [0]),
+                max_nan_skips=config.get("max_nan_skips", 5),
+                first_nan_step=run.nan_skips[0].step if run.nan_skips else None,
+                grad_norm_median=sorted(grad_norms)[len(grad_norms) // 2] if grad_norms else None,
+                grad_norm_max=max(grad_norms) if grad_norms else None)
+
+
+def _learning_rate(run: RunLog, config: dict, last_step: int, max_iters: int, tokens_per_iter: int) -> dict:
+    warmup = config.get("warmup_iters", 0)
+    lrs = [e.lr for e in run.logs if finite(e.lr)]
+    return dict(schedule=lr_schedule(config, last_step, max_iters), lr_logged_now=lrs[-1] if lrs else None,
+                lr_logged_max=max(lrs or [0.0]) or None, warmup_iters=warmup, warmup_tokens=warmup * tokens_per_iter)
+
+
+def _speed(run: RunLog, config: dict) -> dict:
+    """Throughput and MFU stability, and how precisely the evals measure the val loss."""
+    mfus = [e.mfu for e in run.logs if finite(e.mfu)]
+    batches = (next((e.eval_batches for e in reversed(run.evals) if e.eval_batches), None)
                or config.get("eval_iters"))
     sequences = (batches or 0) * config.get("batch_size", 0)
-    facts["eval_sequences"] = sequences
-    facts["eval_tokens"] = sequences * config.get("block_size", 0)
-    facts["eval_error"] = PER_SEQUENCE_LOSS_SPREAD / math.sqrt(sequences) if sequences else None
-    facts["checkpoint_steps"] = [e["step"] for e in run.checkpoints]
-    return facts
+    return dict(throughput=curves.stability([e.tok_per_s for e in run.logs]),
+                mfu=curves.stability(mfus) if mfus else None, eval_sequences=sequences,
+                eval_tokens=sequences * config.get("block_size", 0),
+                eval_error=PER_SEQUENCE_LOSS_SPREAD / math.sqrt(sequences) if sequences else None)
 
 
-# ------------------------------------------------------------------------------------------- findings
-
-
-def _lr_at(run: RunLog, step: float) -> float | None:
-    logged = [e for e in run.logs if finite(e.get("lr"))]
-    if not logged:
-        return None
-    return min(logged, key=lambda e: abs(e["step"] - step))["lr"]
-
-
-def compute_optimal(params: float, tokens: float) -> tuple[float, float]:
-    """Chinchilla's split of the same compute (6 N D): N = sqrt(C / 120), D = 20 N."""
-    n = math.sqrt(6 * params * tokens / (6 * CHINCHILLA))
-    return n, CHINCHILLA * n
-
-
-def _diverged(f: dict, run: RunLog, cfg: dict) -> Finding | None:
-    rb = f["rebound"]
-    blew_up = rb is not None and rb.rise > max(1.0, 0.25 * rb.min_value) and rb.peak_x >= 0.8 * f["last_step"]
-    stopped = f["end_reason"] == "nan" or f["max_consecutive_nan"] >= f["max_nan_skips"] > 0
-    if not (blew_up or stopped):
-        return None
-    ev, began = [], None
-    if blew_up:
-        began = rb.min_x
-        ev.append(
-            f"the train loss fell to {rb.min_value:.3f} by step {rb.min_x:.0f}, then climbed {rb.rise:.2f} to "
-            f"{rb.min_value + rb.rise:.3f} by step {rb.peak_x:.0f}"
-        )
-    if f["nan_skips"]:
-        ev.append(f"{f['nan_skips']} non-finite losses from step {f['first_nan_step']} "
-                  f"(at most {f['max_consecutive_nan']} in a row; the run stops at {f['max_nan_skips']})")
-        began = began if began is not None else f["first_nan_step"]
-    if f["end_reason"] == "nan":
-        ev.append("the run ended on non-finite losses (end reason 'nan')")
-    lr = _lr_at(run, began) if began is not None else None
-    if lr:
-        ev.append(f"the learning rate there was {lr:.3g}")
-    if f["grad_norm_max"]:
-        ev.append(f"gradient norm: median {f['grad_norm_median']:.3g}, max {f['grad_norm_max']:.3g}")
-    safe = [s for s in f["checkpoint_steps"] if began is None or s <= began]
-    peak = cfg.get("learning_rate")
-    advice = [
-        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
-        if peak
-        else "lower the learning rate 2-3x",
-        f"warm up longer (warmup_iters={max(2 * f['warmup_iters'], 100)})",
-    ]
-    if safe:
-        advice.insert(0, f"restart from the checkpoint of step {safe[-1]} (saved before the divergence) with the "
-                         "lower LR; later checkpoints hold the diverged weights")
-    if not cfg.get("grad_clip"):
-        advice.append("turn gradient clipping on (--grad_clip=1.0)")
-    if cfg.get("dtype") == "float16":
-        advice.append("use --dtype=bfloat16 (fp16 overflows where bf16 does not)")
-    title = "The run diverged" + (f" around step {began:.0f}" if began is not None else "")
-    return Finding("diverged", 100, title, ev, advice)
-
-
-def _nan_skips(f: dict) -> Finding | None:
-    if not f["nan_skips"]:
-        return None
-    return Finding(
-        "nan_skips",
-        55,
-        f"{f['nan_skips']} non-finite loss(es) skipped",
-        [
-            f"first at step {f['first_nan_step']}, at most {f['max_consecutive_nan']} in a row; the steps were "
-            "skipped with the weights untouched"
-        ],
-        ["isolated skips are harmless; if they recur, lower the learning rate or use bf16 instead of fp16"],
-    )
-
-
-def _overfitting(f: dict, cfg: dict) -> Finding | None:
-    if f["evals"] < 3 or f["val_min_step"] >= f["last_step"]:
-        return None
-    rise = f["val_now"] - f["val_min"]
-    noise = f["trend"].noise if math.isfinite(f["trend"].noise) else 0.0
-    if rise <= max(0.02, 2 * noise, 0.01 * f["val_min"]):
-        return None
-    train_then, train_now = f["train_at_val_min"], f["train_now"]
-    if train_then is not None and train_now is not None and train_now >= train_then - 0.01:
-        return None  # train rising too: instability, not memorisation
-    ev = [
-        f"val loss bottomed at {f['val_min']:.4f} at step {f['val_min_step']:,} and is {f['val_now']:.4f} now "
-        f"(+{rise:.3f}) at step {f['last_step']:,}"
-    ]
-    if train_then is not None:
-        ev.append(f"meanwhile the train loss kept falling, {train_then:.4f} -> {train_now:.4f}; "
-                  f"the gap is {f['gap']:.3f}")
-    if f["epochs"]:
-        ev.append(f"{f['epochs']:.1f} epochs over {count(f['dataset_train_tokens'] or 0)} train tokens")
-    drop = cfg.get("dropout", 0.0)
-    advice = [f"use the best checkpoint (step {f['val_min_step']:,}) or stop there: more steps only memorise",
-              "more (or fresh) data: every extra epoch repeats what the model has already memorised",
-              f"more regularisation: dropout {drop:g} -> {min(0.3, drop + 0.1):g}, weight_decay up",
-              "or a smaller model for this much data"]
-    return Finding("overfitting", 90, "Overfitting: the val loss is rising while the train loss falls", ev, advice)
-
-
-def _plateau_evidence(f: dict) -> str:
-    t = f["trend"]
-    why = ("within its noise" if abs(t.change) <= 2 * t.change_se else
-           f"under the {curves.PLATEAU_FLOOR * 100:.0f}% of the loss ({curves.PLATEAU_FLOOR * t.level:.3f}) "
-           "that counts as progress")
-    return (f"{f['curve']} loss {t.level:.4f}, changed {t.change:+.4f} (± {t.change_se:.4f}) over the last "
-            f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): {why}")
-
-
-def _data_limited(f: dict, run: RunLog) -> Finding | None:
-    if f["trend"].status != "plateau" or not f["epochs"] or f["epochs"] < MANY_EPOCHS:
-        return None
-    from gptforge.analysis.plan.sizing import download_need
-
-    tokens = f["tokens_seen"]
-    ev = [f"{count(tokens)} tokens seen over a dataset of {count(f['dataset_train_tokens'] or 0)} train tokens: "
-          f"{f['epochs']:.1f} epochs", _plateau_evidence(f)]
-    if f["gap"] is not None:
-        ev.append(f"train {f['train_now']:.3f} vs val {f['val_now']:.3f} (gap {f['gap']:.3f}): not memorising, but "
-                  "each pass over the same tokens teaches less")
-    need = download_need(tokens, f["chars_per_token"])
-    src = "measured" if need["measured"] else "assumed"
-    advice = [f"more data: seeing each token about once at this budget takes {count(tokens)} tokens = "
-              f"{count(need['chars'])} characters ({need['chars_per_token']:.1f} chars/token, {src}) = about "
-              f"{need['shards']:,} FineWeb-Edu shards (gptforge download ... --shards {need['shards']}, then prepare)"]
-    if f["params"]:
-        n_opt, d_opt = compute_optimal(f["params"], tokens)
-        ev.append(
-            f"{count(f['params'])} parameters trained on {f['tokens_per_param']:.0f} tokens each "
-            f"(Chinchilla: {CHINCHILLA:.0f})"
-        )
-        advice.append(f"for the same compute Chinchilla suggests ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
-                      "(a larger model, fewer steps), which also needs the fresh data")
-    advice.append(f"until then, stop earlier: the last {f['trend'].end - f['trend'].start:,.0f} steps bought "
-                  f"{-f['trend'].change:.3f}")
-    return Finding("data_limited", 85, f"Many epochs over too little data ({f['epochs']:.1f} epochs): the loss has "
-                   "plateaued", ev, advice)
-
-
-def _plateau(f: dict) -> Finding | None:
-    if f["trend"].status != "plateau" or (f["epochs"] and f["epochs"] >= MANY_EPOCHS):
-        return None
-    ev, advice = [_plateau_evidence(f)], []
-    sched = f["schedule"]
-    if sched and sched["multiplier"] > 0.5 and (f["progress"] or 0) < 0.9:
-        ev.append(f"the LR is still {sched['multiplier'] * 100:.0f}% of its peak ({sched['schedule']} schedule, "
-                  f"{(f['progress'] or 0) * 100:.0f}% through)")
-        advice.append(
-            "the loss usually drops again while the LR decays: let the schedule finish, or use "
-            "--schedule=wsd and decay now"
-        )
-    tpp = f["tokens_per_param"]
-    if tpp and tpp > 5 * CHINCHILLA:
-        n_opt, d_opt = compute_optimal(f["params"], f["tokens_seen"])
-        ev.append(f"{tpp:.0f} tokens per parameter, {tpp / CHINCHILLA:.0f}x Chinchilla's {CHINCHILLA:.0f}")
-        advice.append(f"the model is small for this budget: ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
-                      "would use the same compute better")
-    if not advice:
-        advice.append(
-            "this is as low as this model, data and schedule go: a larger model, more data, or a lower "
-            "final LR (min_lr) to squeeze the rest"
-        )
-    return Finding("plateau", 70, "The loss has plateaued", ev, advice)
-
-
-def _lr_too_high(f: dict, run: RunLog, cfg: dict) -> Finding | None:
-    rb, spikes, osc = f["rebound"], f["spikes_after_warmup"], f["oscillation"]
-    # a climb five times the smoothed curve's noise is no longer batch-to-batch chance
-    climbed = rb is not None and rb.rise > max(0.1, 0.03 * rb.min_value, 5 * rb.noise)
-    shaky = osc > 0.05
-    if not (spikes >= 3 or climbed or (shaky and spikes >= 1)):
-        return None
-    ev = []
-    if spikes:
-        steps = ", ".join(str(e["step"]) for e in run.spikes[:6]) + (" ..." if len(run.spikes) > 6 else "")
-        ev.append(f"{spikes} loss spike(s) after warmup (steps {steps})")
-    if climbed:
-        lr = _lr_at(run, rb.min_x)
-        ev.append(f"the smoothed train loss climbed {rb.rise:.3f} from {rb.min_value:.3f} (step {rb.min_x:.0f}) "
-                  f"to step {rb.peak_x:.0f}" + (f", at LR {lr:.3g}" if lr else ""))
-    if shaky:
-        ev.append(f"the loss swings {osc * 100:.0f}% around its trend from one log to the next")
-    if f["grad_norm_max"]:
-        ev.append(f"gradient norm: median {f['grad_norm_median']:.3g}, max {f['grad_norm_max']:.3g}")
-    peak = cfg.get("learning_rate")
-    advice = [
-        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
-        if peak
-        else "lower the learning rate 2-3x",
-        f"a longer warmup (now {f['warmup_iters']} iterations = {count(f['warmup_tokens'])} tokens)",
-        "a larger batch (more gradient_accumulation_steps) smooths the updates",
-    ]
-    if not cfg.get("grad_clip"):
-        advice.append("gradient clipping (--grad_clip=1.0)")
-    return Finding("lr_too_high", 80, "The learning rate looks too high: the loss oscillates and spikes", ev, advice)
-
-
-def _spikes(f: dict, run: RunLog) -> Finding | None:
-    if not run.spikes:
-        return None
-    e = run.spikes[0]
-    return Finding("spikes", 35, f"{len(run.spikes)} loss spike(s)",
-                   [f"e.g. step {e['step']}: {e['loss']:.3f} against a recent {e['mean']:.3f} ± {e['std']:.3f}"],
-                   ["occasional spikes that recover are common; if they repeat, lower the LR or set "
-                    "--skip_spikes=true"])
-
-
-def _still_improving(f: dict) -> Finding | None:
-    t = f["trend"]
-    if t.status != "improving":
-        return None
-    ev = [
-        f"{f['curve']} loss fell {-t.change:.4f} (± {t.change_se:.4f}) over the last {t.end - t.start:,.0f} steps, "
-        f"to {t.level:.4f}"
-    ]
-    advice = []
-    tpp = f["tokens_per_param"]
-    if tpp is not None:
-        ev.append(f"{tpp:.1f} tokens per parameter (Chinchilla-optimal: {CHINCHILLA:.0f})")
-    if f["end_reason"] == "max_iters" or (f["progress"] or 0) >= 1:
-        more = 2 * f["max_iters"]
-        advice.append(f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f['max_iters']} "
-                      "keeps the LR at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), "
-                      "or start a longer run")
-    else:
-        advice.append("nothing to fix: let it run")
-    return Finding("still_improving", 10, "Still improving", ev, advice)
-
-
-def _undertrained(f: dict) -> Finding | None:
-    tpp, t = f["tokens_per_param"], f["trend"]
-    if tpp is None or tpp >= CHINCHILLA / 2 or t.status in ("plateau", "rising"):
-        return None
-    target = math.ceil(CHINCHILLA * f["params"] / f["tokens_per_iter"]) if f["tokens_per_iter"] else None
-    ev = [f"{tpp:.2g} tokens per parameter ({count(f['tokens_seen'])} tokens for {count(f['params'])} parameters); "
-          f"compute-optimal is about {CHINCHILLA:.0f}"]
-    if f["first_loss"] is not None and f["train_now"] is not None:
-        ev.append(f"the loss went {f['first_loss']:.3f} -> {f['train_now']:.3f} and was still "
-                  f"{'falling' if t.status == 'improving' else 'moving'} at the end")
-    advice = [f"train longer: about {target:,} iterations reach 20 tokens per parameter (--max_iters={target}, or "
-              "drop max_iters and keep tokens_per_param=20)" if target else "train longer",
-              "or a smaller model if the budget is fixed"]
-    return Finding("undertrained", 40, "Under-trained: far fewer tokens than the model can use", ev, advice)
-
-
-def _unfinished(f: dict) -> Finding | None:
-    reason, sched = f["end_reason"], f["schedule"]
-    if reason == "max_iters" or reason == "nan" or not f["progress"] or f["progress"] >= 0.98:
-        return None
-    state = "still running or crashed (no end event)" if reason is None else f"stopped ({reason})"
-    ev = [f"{state} at step {f['last_step']:,} of {f['max_iters']:,} ({f['progress'] * 100:.0f}%)"]
-    if sched:
-        ev.append(f"the LR is at {sched['multiplier'] * 100:.0f}% of its peak; the final decay usually brings the last "
-                  "drop in loss")
-    return Finding("unfinished", 45, "The schedule has not finished", ev,
-                   ["resume to finish it: gptforge train RUN_DIR/config.toml --init_from=resume"])
-
-
-def _throughput(f: dict) -> list[Finding]:
-    out, tp = [], f["throughput"]
-    if tp and (tp.cv > 0.25 or tp.p10 < 0.6 * tp.median or tp.drift < -0.2):
-        ev = [f"tokens/s: median {tp.median:,.0f}, slowest tenth {tp.p10:,.0f}, variation {tp.cv * 100:.0f}%"]
-        if tp.drift < -0.2:
-            ev.append(f"the second half ran {-tp.drift * 100:.0f}% slower than the first")
-        out.append(Finding("throughput_unstable", 25, "Throughput is unstable", ev,
-                           ["look for other processes on the machine, thermal throttling, or a slow disk for the "
-                            "shards; evals and checkpoints are not counted in these timings"]))
-    mfu = f["mfu"]
-    if mfu and f["device"] == "cuda" and mfu.median < LOW_MFU:
-        out.append(Finding("low_mfu", 30, f"Low MFU ({mfu.median * 100:.1f}%)",
-                           [f"median MFU {mfu.median * 100:.1f}% of the dense bf16 peak on {f['device_name']}"],
-                           ["--compile=true, bf16, the largest micro-batch that fits (`gptforge plan --gpu ...` says "
-                            "which), a vocabulary padded to 64, and `gptforge bench` to measure"]))
-    return out
-
-
-def _eval_noise(f: dict, cfg: dict) -> Finding | None:
-    err, t = f["eval_error"], f["trend"]
-    if err is None or err < 0.02:
-        return None
-    target = math.ceil((PER_SEQUENCE_LOSS_SPREAD / 0.01) ** 2)  # sequences for a ±0.01 standard error
-    batch = cfg.get("batch_size") or 1
-    ev = [f"the val loss is measured on {f['eval_sequences']:,} sequences ({count(f['eval_tokens'])} tokens): about "
-          f"±{err:.3f} from which sequences were picked, assuming a per-sequence spread of {PER_SEQUENCE_LOSS_SPREAD}"]
-    if math.isfinite(t.noise):
-        ev.append(f"observed scatter around the recent trend: {t.noise:.4f}")
-    return Finding("eval_noise", 20, "The val loss is measured on few batches", ev,
-                   [f"--eval_iters={math.ceil(target / batch)} (about {target:,} sequences, ±0.01); differences below "
-                    f"{2 * err:.3f} between runs or checkpoints are noise now"])
-
-
-def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
-            chars_per_token: float | None = None) -> Diagnosis:
-    f = gather_facts(run, config, dataset_train_tokens, chars_per_token)
-    findings = [_diverged(f, run, config), _overfitting(f, config)]
-    if findings[0] is None:
-        findings += [_lr_too_high(f, run, config), _nan_skips(f)]
-    if findings[1] is None:
-        findings += [_data_limited(f, run), _plateau(f)]
-    findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
-                 *_throughput(f), _eval_noise(f, config)]
-    findings += [Finding("data_grew", *finding_parts(g)) for g in f["growths"]]
-    found = [x for x in findings if x is not None]
-    if run.spikes and not any(x.kind in ("lr_too_high", "diverged") for x in found):
-        found.append(_spikes(f, run))
-    found.sort(key=lambda x: -x.score)
-    return Diagnosis(f, found)
+def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
+                 chars_per_token: float | None = None) -> Facts:
+    size = _size(run, config, dataset_train_tokens, chars_per_token)
+    return Facts(**size, **_losses(run, size["since"]),
+                 **_instability(run, config, size["versions"], size["since"]),
+                 **_learning_rate(run, config, size["last_step"], size["max_iters"], size["tokens_per_iter"]),
+                 **_speed(run, config))

@@ -70,15 +70,18 @@ class Growth:
 def _marks(run: RunLog) -> list[dict]:
     """(step, version, train and val tokens) at every launch and growth, in step order."""
     marks: dict[int, dict] = {}
-    for e in sorted(run.starts, key=lambda s: s["step"]):
-        mark = {"version": e.get("dataset_version"), "train": e.get("dataset_train_tokens"),
-                "val": e.get("dataset_val_tokens")}
+    for e in sorted(run.starts, key=lambda s: s.step):
+        mark = {"version": e.dataset_version, "train": e.dataset_train_tokens, "val": e.dataset_val_tokens}
         if mark["train"] is not None:
-            marks[e["step"]] = mark
+            marks[e.step] = mark
     for e in run.data_grew:  # the authority on growth, also where a start event lacks the dataset fields
-        mark = marks.setdefault(e["step"], {"version": None, "train": None, "val": None})
-        mark.update(version=e.get("version", mark["version"]), train=e.get("new_train_tokens", mark["train"]))
+        mark = marks.setdefault(e.step, {"version": None, "train": None, "val": None})
+        mark.update(version=_known(e.version, mark["version"]), train=_known(e.new_train_tokens, mark["train"]))
     return [dict(step=s, **marks[s]) for s in sorted(marks)]
+
+
+def _known(value, otherwise):
+    return otherwise if value is None else value
 
 
 def version_spans(run: RunLog, last_step: int, tokens_seen: int) -> list[VersionSpan]:
@@ -99,10 +102,10 @@ def version_spans(run: RunLog, last_step: int, tokens_seen: int) -> list[Version
 
 
 def _lr_near(run: RunLog, step: int, after: bool) -> float | None:
-    side = [e for e in run.logs if finite(e.get("lr")) and (e["step"] > step if after else e["step"] <= step)]
+    side = [e for e in run.logs if finite(e.lr) and (e.step > step if after else e.step <= step)]
     if not side:
         return None
-    return (side[0] if after else side[-1])["lr"]
+    return (side[0] if after else side[-1]).lr
 
 
 def _verdict(val_before, after, trend_before: curves.Trend, trend_after: curves.Trend, step: int) -> tuple[str, float]:
@@ -124,7 +127,7 @@ def _verdict(val_before, after, trend_before: curves.Trend, trend_after: curves.
 
 
 def growths(run: RunLog, spans: list[VersionSpan]) -> list[Growth]:
-    val = [(float(e["step"]), float(e["val_loss"])) for e in run.evals if finite(e.get("val_loss"))]
+    val = [(float(e.step), float(e.val_loss)) for e in run.evals if finite(e.val_loss)]
     out = []
     for i in range(1, len(spans)):
         old, new = spans[i - 1], spans[i]

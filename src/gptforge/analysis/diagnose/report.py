@@ -6,7 +6,7 @@ import math
 import time
 from pathlib import Path
 
-from gptforge.analysis.diagnose.facts import Diagnosis, analyse
+from gptforge.analysis.diagnose.findings import Diagnosis, analyse
 from gptforge.analysis.diagnose.growth import describe_growth, describe_span
 from gptforge.analysis.runlog import RunLog, read_run
 from gptforge.errors import UserError
@@ -57,70 +57,70 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     rows = [
         (
             "step",
-            f"{f['last_step']:,} of {f['max_iters']:,}"
-            + (f" (ended: {f['end_reason']})" if f["end_reason"] else " (no end event: running or crashed)"),
+            f"{f.last_step:,} of {f.max_iters:,}"
+            + (f" (ended: {f.end_reason})" if f.end_reason else " (no end event: running or crashed)"),
         ),
-        ("tokens seen", f"{f['tokens_seen']:,} ({count(f['tokens_seen'])}), {f['tokens_per_iter']:,} per iteration"),
+        ("tokens seen", f"{f.tokens_seen:,} ({count(f.tokens_seen)}), {f.tokens_per_iter:,} per iteration"),
     ]
-    if f["dataset_train_tokens"]:
-        rows.append(("dataset", f"{f['dataset_train_tokens']:,} train tokens ({count(f['dataset_train_tokens'])})"))
-    versions = f["versions"]
+    if f.dataset_train_tokens:
+        rows.append(("dataset", f"{f.dataset_train_tokens:,} train tokens ({count(f.dataset_train_tokens)})"))
+    versions = f.versions
     if len(versions) > 1:
-        rows.append(("epochs", f"{_fmt(f['epochs'], '.2f')} over the current dataset (tokens seen / its train tokens)"))
+        rows.append(("epochs", f"{_fmt(f.epochs, '.2f')} over the current dataset (tokens seen / its train tokens)"))
         rows += [(f"dataset version {v.version}", describe_span(v)) for v in versions]
-        rows += [("data grew", describe_growth(g)) for g in f["growths"]]
+        rows += [("data grew", describe_growth(g)) for g in f.growths]
     else:
-        rows.append(("epochs", _fmt(f["epochs"], ".2f")))
-    if f["params"]:
+        rows.append(("epochs", _fmt(f.epochs, ".2f")))
+    if f.params:
         rows.append(
-            ("parameters", f"{f['params']:,} ({count(f['params'])}); {f['params_non_embedding'] or 0:,} non-embedding")
+            ("parameters", f"{f.params:,} ({count(f.params)}); {f.params_non_embedding or 0:,} non-embedding")
         )
-        rows.append(("tokens per parameter", f"{f['tokens_per_param']:.1f} (Chinchilla-optimal: 20)"))
-    rows.append(("train loss now", _fmt(f["train_now"])))
-    rows.append(("val loss now", _fmt(f["val_now"]) + (f" (perplexity {f['ppl']:.2f})" if f["ppl"] else "")))
-    if f["gap"] is not None:
-        gt = f["gap_trend"]
+        rows.append(("tokens per parameter", f"{f.tokens_per_param:.1f} (Chinchilla-optimal: 20)"))
+    rows.append(("train loss now", _fmt(f.train_now)))
+    rows.append(("val loss now", _fmt(f.val_now) + (f" (perplexity {f.ppl:.2f})" if f.ppl else "")))
+    if f.gap is not None:
+        gt = f.gap_trend
         trend = f", {'widening' if gt.change > 0.01 else 'narrowing' if gt.change < -0.01 else 'steady'} " \
                 f"({gt.change:+.3f} over the recent window)" if gt else ""
-        rows.append(("val - train gap", f"{f['gap']:+.4f}{trend}"))
-    if f.get("val_min") is not None:
-        rows.append(("best val", f"{f['val_min']:.4f} at step {f['val_min_step']:,}"))
-    t = f["trend"]
+        rows.append(("val - train gap", f"{f.gap:+.4f}{trend}"))
+    if f.val_min is not None:
+        rows.append(("best val", f"{f.val_min:.4f} at step {f.val_min_step:,}"))
+    t = f.trend
     if t.status != "unknown":
         rows.append(
             (
-                f"{f['curve']} trend (last {t.end - t.start:,.0f} steps)",
+                f"{f.curve} trend (last {t.end - t.start:,.0f} steps)",
                 f"{t.status}: {t.change:+.4f} ± {t.change_se:.4f}, noise {t.noise:.4f}",
             )
         )
-    rows.append(("spikes / NaN skips", f"{f['spikes']} / {f['nan_skips']}"))
-    sched = f["schedule"]
+    rows.append(("spikes / NaN skips", f"{f.spikes} / {f.nan_skips}"))
+    sched = f.schedule
     if sched:
         rows.append(
             (
                 "learning rate",
-                f"{sched['now']:.3g} now = {sched['multiplier'] * 100:.0f}% of peak {sched['peak']:g} "
-                f"({sched['schedule']}, min {sched['min_lr']:g}, {sched['optimizer']})",
+                f"{sched.now:.3g} now = {sched.multiplier * 100:.0f}% of peak {sched.peak:g} "
+                f"({sched.schedule}, min {sched.min_lr:g}, {sched.optimizer})",
             )
         )
-    elif f["lr_logged_now"]:
-        rows.append(("learning rate", f"{f['lr_logged_now']:.3g} now, peak logged {f['lr_logged_max']:.3g}"))
-    rows.append(("warmup", f"{f['warmup_iters']:,} iterations = {count(f['warmup_tokens'])} tokens"))
-    tp = f["throughput"]
+    elif f.lr_logged_now:
+        rows.append(("learning rate", f"{f.lr_logged_now:.3g} now, peak logged {f.lr_logged_max:.3g}"))
+    rows.append(("warmup", f"{f.warmup_iters:,} iterations = {count(f.warmup_tokens)} tokens"))
+    tp = f.throughput
     if tp:
         rows.append(("throughput", f"{tp.median:,.0f} tok/s median, variation {tp.cv * 100:.0f}%, slowest tenth "
                                    f"{tp.p10:,.0f}, drift {tp.drift * 100:+.0f}%"))
-    if f["mfu"]:
-        rows.append(("MFU", f"{f['mfu'].median * 100:.1f}% median, variation {f['mfu'].cv * 100:.0f}%"))
-    if f["eval_sequences"]:
-        rows.append(("eval size", f"{f['eval_sequences']:,} sequences ({count(f['eval_tokens'])} tokens), about "
-                                  f"±{f['eval_error']:.3f}"))
+    if f.mfu:
+        rows.append(("MFU", f"{f.mfu.median * 100:.1f}% median, variation {f.mfu.cv * 100:.0f}%"))
+    if f.eval_sequences:
+        rows.append(("eval size", f"{f.eval_sequences:,} sequences ({count(f.eval_tokens)} tokens), about "
+                                  f"±{f.eval_error:.3f}"))
     return rows
 
 
 def _versions_section(d: Diagnosis) -> list[str]:
     """A table of the dataset versions the run trained on, when it trained on more than one."""
-    versions, growths = d.facts["versions"], d.facts["growths"]
+    versions, growths = d.facts.versions, d.facts.growths
     if len(versions) < 2:
         return []
     lines = [

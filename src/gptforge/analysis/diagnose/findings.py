@@ -1,0 +1,347 @@
+"""The findings of `gptforge diagnose`: each classic case (divergence, overfitting, too little data, a
+plateau, an LR too high, an unfinished schedule, unstable throughput, noisy evals, a grown dataset) as a
+function of the run's Facts, with its evidence and what to try; `analyse` ranks those that apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from gptforge.analysis import curves
+from gptforge.analysis.diagnose.facts import PER_SEQUENCE_LOSS_SPREAD, Facts, gather_facts
+from gptforge.analysis.diagnose.growth import finding_parts
+from gptforge.analysis.runlog import RunLog, finite
+from gptforge.fmt import count
+
+MANY_EPOCHS = 4.0  # beyond ~4 passes repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)
+CHINCHILLA = 20.0
+LOW_MFU = 0.20
+
+
+@dataclass
+class Finding:
+    kind: str
+    score: int  # ranking: higher first
+    title: str
+    evidence: list[str] = field(default_factory=list)
+    advice: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Diagnosis:
+    facts: Facts
+    findings: list[Finding]
+
+    def kinds(self) -> list[str]:
+        return [f.kind for f in self.findings]
+
+    def finding(self, kind: str) -> Finding | None:
+        return next((f for f in self.findings if f.kind == kind), None)
+
+
+def _lr_at(run: RunLog, step: float) -> float | None:
+    logged = [e for e in run.logs if finite(e.lr)]
+    if not logged:
+        return None
+    return min(logged, key=lambda e: abs(e.step - step)).lr
+
+
+def compute_optimal(params: float, tokens: float) -> tuple[float, float]:
+    """Chinchilla's split of the same compute (6 N D): N = sqrt(C / 120), D = 20 N."""
+    n = math.sqrt(6 * params * tokens / (6 * CHINCHILLA))
+    return n, CHINCHILLA * n
+
+
+def _diverged(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
+    rb = f.rebound
+    blew_up = rb is not None and rb.rise > max(1.0, 0.25 * rb.min_value) and rb.peak_x >= 0.8 * f.last_step
+    stopped = f.end_reason == "nan" or f.max_consecutive_nan >= f.max_nan_skips > 0
+    if not (blew_up or stopped):
+        return None
+    ev, began = [], None
+    if blew_up:
+        began = rb.min_x
+        ev.append(
+            f"the train loss fell to {rb.min_value:.3f} by step {rb.min_x:.0f}, then climbed {rb.rise:.2f} to "
+            f"{rb.min_value + rb.rise:.3f} by step {rb.peak_x:.0f}"
+        )
+    if f.nan_skips:
+        ev.append(f"{f.nan_skips} non-finite losses from step {f.first_nan_step} "
+                  f"(at most {f.max_consecutive_nan} in a row; the run stops at {f.max_nan_skips})")
+        began = began if began is not None else f.first_nan_step
+    if f.end_reason == "nan":
+        ev.append("the run ended on non-finite losses (end reason 'nan')")
+    lr = _lr_at(run, began) if began is not None else None
+    if lr:
+        ev.append(f"the learning rate there was {lr:.3g}")
+    if f.grad_norm_max:
+        ev.append(f"gradient norm: median {f.grad_norm_median:.3g}, max {f.grad_norm_max:.3g}")
+    safe = [s for s in f.checkpoint_steps if began is None or s <= began]
+    peak = cfg.get("learning_rate")
+    advice = [
+        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
+        if peak
+        else "lower the learning rate 2-3x",
+        f"warm up longer (warmup_iters={max(2 * f.warmup_iters, 100)})",
+    ]
+    if safe:
+        advice.insert(0, f"restart from the checkpoint of step {safe[-1]} (saved before the divergence) with the "
+                         "lower LR; later checkpoints hold the diverged weights")
+    if not cfg.get("grad_clip"):
+        advice.append("turn gradient clipping on (--grad_clip=1.0)")
+    if cfg.get("dtype") == "float16":
+        advice.append("use --dtype=bfloat16 (fp16 overflows where bf16 does not)")
+    title = "The run diverged" + (f" around step {began:.0f}" if began is not None else "")
+    return Finding("diverged", 100, title, ev, advice)
+
+
+def _nan_skips(f: Facts) -> Finding | None:
+    if not f.nan_skips:
+        return None
+    return Finding(
+        "nan_skips",
+        55,
+        f"{f.nan_skips} non-finite loss(es) skipped",
+        [
+            f"first at step {f.first_nan_step}, at most {f.max_consecutive_nan} in a row; the steps were "
+            "skipped with the weights untouched"
+        ],
+        ["isolated skips are harmless; if they recur, lower the learning rate or use bf16 instead of fp16"],
+    )
+
+
+def _overfitting(f: Facts, cfg: dict) -> Finding | None:
+    if f.evals < 3 or f.val_min_step >= f.last_step:
+        return None
+    rise = f.val_now - f.val_min
+    noise = f.trend.noise if math.isfinite(f.trend.noise) else 0.0
+    if rise <= max(0.02, 2 * noise, 0.01 * f.val_min):
+        return None
+    train_then, train_now = f.train_at_val_min, f.train_now
+    if train_then is not None and train_now is not None and train_now >= train_then - 0.01:
+        return None  # train rising too: instability, not memorisation
+    ev = [
+        f"val loss bottomed at {f.val_min:.4f} at step {f.val_min_step:,} and is {f.val_now:.4f} now "
+        f"(+{rise:.3f}) at step {f.last_step:,}"
+    ]
+    if train_then is not None:
+        ev.append(f"meanwhile the train loss kept falling, {train_then:.4f} -> {train_now:.4f}; "
+                  f"the gap is {f.gap:.3f}")
+    if f.epochs:
+        ev.append(f"{f.epochs:.1f} epochs over {count(f.dataset_train_tokens or 0)} train tokens")
+    drop = cfg.get("dropout", 0.0)
+    advice = [f"use the best checkpoint (step {f.val_min_step:,}) or stop there: more steps only memorise",
+              "more (or fresh) data: every extra epoch repeats what the model has already memorised",
+              f"more regularisation: dropout {drop:g} -> {min(0.3, drop + 0.1):g}, weight_decay up",
+              "or a smaller model for this much data"]
+    return Finding("overfitting", 90, "Overfitting: the val loss is rising while the train loss falls", ev, advice)
+
+
+def _plateau_evidence(f: Facts) -> str:
+    t = f.trend
+    why = ("within its noise" if abs(t.change) <= 2 * t.change_se else
+           f"under the {curves.PLATEAU_FLOOR * 100:.0f}% of the loss ({curves.PLATEAU_FLOOR * t.level:.3f}) "
+           "that counts as progress")
+    return (f"{f.curve} loss {t.level:.4f}, changed {t.change:+.4f} (± {t.change_se:.4f}) over the last "
+            f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): {why}")
+
+
+def _data_limited(f: Facts, run: RunLog) -> Finding | None:
+    if f.trend.status != "plateau" or not f.epochs or f.epochs < MANY_EPOCHS:
+        return None
+    from gptforge.analysis.plan.sizing import download_need
+
+    tokens = f.tokens_seen
+    ev = [f"{count(tokens)} tokens seen over a dataset of {count(f.dataset_train_tokens or 0)} train tokens: "
+          f"{f.epochs:.1f} epochs", _plateau_evidence(f)]
+    if f.gap is not None:
+        ev.append(f"train {f.train_now:.3f} vs val {f.val_now:.3f} (gap {f.gap:.3f}): not memorising, but "
+                  "each pass over the same tokens teaches less")
+    need = download_need(tokens, f.chars_per_token)
+    src = "measured" if need["measured"] else "assumed"
+    advice = [f"more data: seeing each token about once at this budget takes {count(tokens)} tokens = "
+              f"{count(need['chars'])} characters ({need['chars_per_token']:.1f} chars/token, {src}) = about "
+              f"{need['shards']:,} FineWeb-Edu shards (gptforge download ... --shards {need['shards']}, then prepare)"]
+    if f.params:
+        n_opt, d_opt = compute_optimal(f.params, tokens)
+        ev.append(
+            f"{count(f.params)} parameters trained on {f.tokens_per_param:.0f} tokens each "
+            f"(Chinchilla: {CHINCHILLA:.0f})"
+        )
+        advice.append(f"for the same compute Chinchilla suggests ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
+                      "(a larger model, fewer steps), which also needs the fresh data")
+    advice.append(f"until then, stop earlier: the last {f.trend.end - f.trend.start:,.0f} steps bought "
+                  f"{-f.trend.change:.3f}")
+    return Finding("data_limited", 85, f"Many epochs over too little data ({f.epochs:.1f} epochs): the loss has "
+                   "plateaued", ev, advice)
+
+
+def _plateau(f: Facts) -> Finding | None:
+    if f.trend.status != "plateau" or (f.epochs and f.epochs >= MANY_EPOCHS):
+        return None
+    ev, advice = [_plateau_evidence(f)], []
+    sched = f.schedule
+    if sched and sched.multiplier > 0.5 and (f.progress or 0) < 0.9:
+        ev.append(f"the LR is still {sched.multiplier * 100:.0f}% of its peak ({sched.schedule} schedule, "
+                  f"{(f.progress or 0) * 100:.0f}% through)")
+        advice.append(
+            "the loss usually drops again while the LR decays: let the schedule finish, or use "
+            "--schedule=wsd and decay now"
+        )
+    tpp = f.tokens_per_param
+    if tpp and tpp > 5 * CHINCHILLA:
+        n_opt, d_opt = compute_optimal(f.params, f.tokens_seen)
+        ev.append(f"{tpp:.0f} tokens per parameter, {tpp / CHINCHILLA:.0f}x Chinchilla's {CHINCHILLA:.0f}")
+        advice.append(f"the model is small for this budget: ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
+                      "would use the same compute better")
+    if not advice:
+        advice.append(
+            "this is as low as this model, data and schedule go: a larger model, more data, or a lower "
+            "final LR (min_lr) to squeeze the rest"
+        )
+    return Finding("plateau", 70, "The loss has plateaued", ev, advice)
+
+
+def _lr_too_high(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
+    rb, spikes, osc = f.rebound, f.spikes_after_warmup, f.oscillation
+    # a climb five times the smoothed curve's noise is no longer batch-to-batch chance
+    climbed = rb is not None and rb.rise > max(0.1, 0.03 * rb.min_value, 5 * rb.noise)
+    shaky = osc > 0.05
+    if not (spikes >= 3 or climbed or (shaky and spikes >= 1)):
+        return None
+    ev = []
+    if spikes:
+        steps = ", ".join(str(e.step) for e in run.spikes[:6]) + (" ..." if len(run.spikes) > 6 else "")
+        ev.append(f"{spikes} loss spike(s) after warmup (steps {steps})")
+    if climbed:
+        lr = _lr_at(run, rb.min_x)
+        ev.append(f"the smoothed train loss climbed {rb.rise:.3f} from {rb.min_value:.3f} (step {rb.min_x:.0f}) "
+                  f"to step {rb.peak_x:.0f}" + (f", at LR {lr:.3g}" if lr else ""))
+    if shaky:
+        ev.append(f"the loss swings {osc * 100:.0f}% around its trend from one log to the next")
+    if f.grad_norm_max:
+        ev.append(f"gradient norm: median {f.grad_norm_median:.3g}, max {f.grad_norm_max:.3g}")
+    peak = cfg.get("learning_rate")
+    advice = [
+        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
+        if peak
+        else "lower the learning rate 2-3x",
+        f"a longer warmup (now {f.warmup_iters} iterations = {count(f.warmup_tokens)} tokens)",
+        "a larger batch (more gradient_accumulation_steps) smooths the updates",
+    ]
+    if not cfg.get("grad_clip"):
+        advice.append("gradient clipping (--grad_clip=1.0)")
+    return Finding("lr_too_high", 80, "The learning rate looks too high: the loss oscillates and spikes", ev, advice)
+
+
+def _spikes(f: Facts, run: RunLog) -> Finding | None:
+    if not run.spikes:
+        return None
+    e = run.spikes[0]
+    return Finding("spikes", 35, f"{len(run.spikes)} loss spike(s)",
+                   [f"e.g. step {e.step}: {e.loss:.3f} against a recent {e.mean:.3f} ± {e.std:.3f}"],
+                   ["occasional spikes that recover are common; if they repeat, lower the LR or set "
+                    "--skip_spikes=true"])
+
+
+def _still_improving(f: Facts) -> Finding | None:
+    t = f.trend
+    if t.status != "improving":
+        return None
+    ev = [
+        f"{f.curve} loss fell {-t.change:.4f} (± {t.change_se:.4f}) over the last {t.end - t.start:,.0f} steps, "
+        f"to {t.level:.4f}"
+    ]
+    advice = []
+    tpp = f.tokens_per_param
+    if tpp is not None:
+        ev.append(f"{tpp:.1f} tokens per parameter (Chinchilla-optimal: {CHINCHILLA:.0f})")
+    if f.end_reason == "max_iters" or (f.progress or 0) >= 1:
+        more = 2 * f.max_iters
+        advice.append(f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f.max_iters} "
+                      "keeps the LR at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), "
+                      "or start a longer run")
+    else:
+        advice.append("nothing to fix: let it run")
+    return Finding("still_improving", 10, "Still improving", ev, advice)
+
+
+def _undertrained(f: Facts) -> Finding | None:
+    tpp, t = f.tokens_per_param, f.trend
+    if tpp is None or tpp >= CHINCHILLA / 2 or t.status in ("plateau", "rising"):
+        return None
+    target = math.ceil(CHINCHILLA * f.params / f.tokens_per_iter) if f.tokens_per_iter else None
+    ev = [f"{tpp:.2g} tokens per parameter ({count(f.tokens_seen)} tokens for {count(f.params)} parameters); "
+          f"compute-optimal is about {CHINCHILLA:.0f}"]
+    if f.first_loss is not None and f.train_now is not None:
+        ev.append(f"the loss went {f.first_loss:.3f} -> {f.train_now:.3f} and was still "
+                  f"{'falling' if t.status == 'improving' else 'moving'} at the end")
+    advice = [f"train longer: about {target:,} iterations reach 20 tokens per parameter (--max_iters={target}, or "
+              "drop max_iters and keep tokens_per_param=20)" if target else "train longer",
+              "or a smaller model if the budget is fixed"]
+    return Finding("undertrained", 40, "Under-trained: far fewer tokens than the model can use", ev, advice)
+
+
+def _unfinished(f: Facts) -> Finding | None:
+    reason, sched = f.end_reason, f.schedule
+    if reason == "max_iters" or reason == "nan" or not f.progress or f.progress >= 0.98:
+        return None
+    state = "still running or crashed (no end event)" if reason is None else f"stopped ({reason})"
+    ev = [f"{state} at step {f.last_step:,} of {f.max_iters:,} ({f.progress * 100:.0f}%)"]
+    if sched:
+        ev.append(f"the LR is at {sched.multiplier * 100:.0f}% of its peak; the final decay usually brings the last "
+                  "drop in loss")
+    return Finding("unfinished", 45, "The schedule has not finished", ev,
+                   ["resume to finish it: gptforge train RUN_DIR/config.toml --init_from=resume"])
+
+
+def _throughput(f: Facts) -> list[Finding]:
+    out, tp = [], f.throughput
+    if tp and (tp.cv > 0.25 or tp.p10 < 0.6 * tp.median or tp.drift < -0.2):
+        ev = [f"tokens/s: median {tp.median:,.0f}, slowest tenth {tp.p10:,.0f}, variation {tp.cv * 100:.0f}%"]
+        if tp.drift < -0.2:
+            ev.append(f"the second half ran {-tp.drift * 100:.0f}% slower than the first")
+        out.append(Finding("throughput_unstable", 25, "Throughput is unstable", ev,
+                           ["look for other processes on the machine, thermal throttling, or a slow disk for the "
+                            "shards; evals and checkpoints are not counted in these timings"]))
+    mfu = f.mfu
+    if mfu and f.device == "cuda" and mfu.median < LOW_MFU:
+        out.append(Finding("low_mfu", 30, f"Low MFU ({mfu.median * 100:.1f}%)",
+                           [f"median MFU {mfu.median * 100:.1f}% of the dense bf16 peak on {f.device_name}"],
+                           ["--compile=true, bf16, the largest micro-batch that fits (`gptforge plan --gpu ...` says "
+                            "which), a vocabulary padded to 64, and `gptforge bench` to measure"]))
+    return out
+
+
+def _eval_noise(f: Facts, cfg: dict) -> Finding | None:
+    err, t = f.eval_error, f.trend
+    if err is None or err < 0.02:
+        return None
+    target = math.ceil((PER_SEQUENCE_LOSS_SPREAD / 0.01) ** 2)  # sequences for a ±0.01 standard error
+    batch = cfg.get("batch_size") or 1
+    ev = [f"the val loss is measured on {f.eval_sequences:,} sequences ({count(f.eval_tokens)} tokens): about "
+          f"±{err:.3f} from which sequences were picked, assuming a per-sequence spread of {PER_SEQUENCE_LOSS_SPREAD}"]
+    if math.isfinite(t.noise):
+        ev.append(f"observed scatter around the recent trend: {t.noise:.4f}")
+    return Finding("eval_noise", 20, "The val loss is measured on few batches", ev,
+                   [f"--eval_iters={math.ceil(target / batch)} (about {target:,} sequences, ±0.01); differences below "
+                    f"{2 * err:.3f} between runs or checkpoints are noise now"])
+
+
+def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
+            chars_per_token: float | None = None) -> Diagnosis:
+    f = gather_facts(run, config, dataset_train_tokens, chars_per_token)
+    findings = [_diverged(f, run, config), _overfitting(f, config)]
+    if findings[0] is None:
+        findings += [_lr_too_high(f, run, config), _nan_skips(f)]
+    if findings[1] is None:
+        findings += [_data_limited(f, run), _plateau(f)]
+    findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
+                 *_throughput(f), _eval_noise(f, config)]
+    findings += [Finding("data_grew", *finding_parts(g)) for g in f.growths]
+    found = [x for x in findings if x is not None]
+    if run.spikes and not any(x.kind in ("lr_too_high", "diverged") for x in found):
+        found.append(_spikes(f, run))
+    found.sort(key=lambda x: -x.score)
+    return Diagnosis(f, found)

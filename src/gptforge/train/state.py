@@ -1,0 +1,68 @@
+"""The training state: where a run is (step, tokens, data position, loss guard), what it has measured (best
+and last val loss) and what it was trained with (config, tokenizer, dataset). One record, kept by the loop
+and saved as each checkpoint's state.json; the nanoGPT import writes one too. `state_dict()` and
+`load_state_dict()` as torchtitan's TrainState.
+
+state.json keeps the keys it has always had, so checkpoints written by earlier versions load as they are;
+a key this version does not know (a later version's) is kept and written back, never refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+REQUIRED = ("step", "tokens_seen", "config")  # without these a checkpoint cannot say where its run stands
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    tokens_seen: int = 0
+    epoch: float = 0.0  # epochs over the train split, as the loader counts them
+    config: dict = field(default_factory=dict)  # the resolved config, flat
+    tokenizer: dict | None = None  # the tokenizer's identity (name, hash): a resume refuses another
+    loader: dict | None = None  # the data position; None where it cannot be replayed (a nanoGPT import)
+    guard: dict | None = None  # the loss guard's window and counts
+    best_val_loss: float = math.inf
+    val_loss: float | None = None  # at the last eval
+    world_size: int = 1  # processes that wrote it (their dropout streams resume exactly at the same count)
+    dataset: dict | None = None  # path, version and train tokens at the save
+    imported_from: dict | None = None  # set by the nanoGPT import
+    extra: dict = field(default_factory=dict)  # keys of a later version, kept as read
+
+    def state_dict(self) -> dict:
+        """The JSON object of state.json."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        if own["imported_from"] is None:
+            del own["imported_from"]  # only imported runs carry it
+        return {**own, **self.extra}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take the values of a state.json object; ValueError names what is missing or malformed."""
+        if not isinstance(state, dict):
+            raise ValueError(f"is a {type(state).__name__}, not a JSON object")
+        missing = [k for k in REQUIRED if k not in state]
+        if missing:
+            raise ValueError(f"lacks {', '.join(missing)}")
+        if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+            raise ValueError(f"has step {state['step']!r}, not a count of steps")
+        if not isinstance(state["config"], dict):
+            raise ValueError("has a config that is not a JSON object")
+        names = [f.name for f in dataclasses.fields(self) if f.name != "extra"]
+        for name in names:
+            if name in state:
+                setattr(self, name, state[name])
+        self.extra = {k: v for k, v in state.items() if k not in names}
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> TrainState:
+        out = cls()
+        out.load_state_dict(state)
+        return out
+
+
+def dataset_entry(dataset) -> dict:
+    """The TrainState's record of the dataset a checkpoint was trained on (a data.dataset.Dataset)."""
+    return {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens}
