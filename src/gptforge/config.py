@@ -50,9 +50,16 @@ def _number(text: str) -> float:
 
 def check_number(name: str, value: float, allowed: Range, integer: bool = False) -> None:
     """Raise a one-line UserError unless `value` is a finite number inside `allowed`."""
-    kind = "an integer" if integer else "a finite number"
-    if not (integer or math.isfinite(value)) or not allowed.contains(value):
-        raise UserError(f"{name} must be {kind} in {allowed.text}, got {value}")
+    if not (integer or math.isfinite(value)):
+        raise UserError(f"{name} must be a finite number, got {value}")
+    if allowed.contains(value):
+        return
+    low, high, low_open, _ = allowed.bounds()
+    if math.isinf(high):
+        rule = f"at least {low}" if integer else f"> {low}" if low_open else f">= {low}"
+    else:
+        rule = f"in {allowed.text}"
+    raise UserError(f"{name} must be {rule}, got {value}")
 
 
 def key(default: Any = None, help: str = "", *, group: str = "", range: str = "", choices: tuple = (),
@@ -256,7 +263,7 @@ def _text(value: Any) -> str:
     return text
 
 
-def _to_int(value: Any) -> int:
+def to_int(value: Any) -> int:
     if isinstance(value, bool):
         raise ValueError
     if isinstance(value, int):
@@ -288,14 +295,14 @@ def _to_choice(key: str, value: Any) -> str:
 def _coerce(key: str, value: Any, where: str = "") -> Any:
     """Turn a TOML value or a command-line string into the key's type, or say why not."""
     typ = _field_type(key)
-    place = f" ({where})" if where else ""
+    place = f" in {where}" if where else ""
     try:
         if typ is bool:
             if isinstance(value, bool):
                 return value
             return BOOL_WORDS[str(value).strip().lower()]
         if typ is int:
-            return _to_int(value)
+            return to_int(value)
         if typ is float:
             return _to_float(value)
         if typ is list:
@@ -376,11 +383,12 @@ def build_config(values: dict[str, Any], base: Config | None = None, where: str 
 
 def load_config(path: str | None = None, overrides: list[str] | None = None, extra: dict | None = None) -> Config:
     """The resolved config: defaults, then the TOML file, then `extra`, then command-line overrides."""
+    command_line = parse_overrides(overrides or [])  # first: a mistyped key is named before a file is read
     values: dict[str, Any] = {}
     if path:
-        values.update(read_toml(path))
+        values.update({k: _coerce(k, v, str(path)) for k, v in read_toml(path).items()})
     values.update(extra or {})
-    values.update(parse_overrides(overrides or []))
+    values.update({k: _coerce(k, v, "the command line") for k, v in command_line.items()})
     return build_config(values, where=str(path) if path else "")
 
 
@@ -448,10 +456,14 @@ def config_help(width: int = 100) -> str:
             if meta["range"]:
                 allowed = meta["range"].text.replace(" ", "\0")  # \0: a range is never split across lines
             text = meta["help"] + (f"; {allowed}" if allowed else "")
-            if len(default) > 12:
+            if len(default) > 9:
                 text, default = f"{text} (default: {default})", "(below)"
-            head = f"  {f.name:<28}{_field_type(f.name).__name__:<6}{default:<13}"
-            wrapped = textwrap.wrap(text, width, initial_indent=head, subsequent_indent=" " * len(head))
+            head = f"  {f.name:<23} {_field_type(f.name).__name__:<6}{default:<10}"
+            indent = " " * 42
+            if len(head) > len(indent):  # a long key: its help starts on the next line, as argparse does
+                lines.append(head.rstrip())
+                head = indent
+            wrapped = textwrap.wrap(text, width, initial_indent=head, subsequent_indent=indent, break_on_hyphens=False)
             lines += [line.replace("\0", " ") for line in wrapped]
     return "\n".join(lines)
 
