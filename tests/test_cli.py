@@ -83,6 +83,8 @@ def test_config_overrides_with_or_without_a_config_file(tmp_path):
     cfg = load_config(args.config, args.overrides)
     assert cfg.train.sample_prompts == ["Hello world", "To be"] and cfg.train.compile == "false"
     assert cfg.train.max_iters == 5 and cfg.model.bias is True
+    args = parse_command_line(parser, ["train", "--compile", "false", "c.toml", "--bias", "--n_layer", "3"])
+    assert args.config == "c.toml" and args.overrides == ["--compile", "false", "--bias", "--n-layer", "3"]
     toml = tmp_path / "c.toml"
     toml.write_text("n_layer = 2\n")
     args = parse_command_line(parser, ["plan", "--gpu", "RTX 4070", "--sample_prompts=a b", str(toml), "--n-head=2",

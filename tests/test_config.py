@@ -152,6 +152,8 @@ def test_dashes_and_underscores_and_a_separate_value():
                              "--always-save-checkpoint"])
     assert cfg.train.max_iters == 5 and cfg.train.gradient_accumulation_steps == 4 and cfg.model.n_layer == 2
     assert cfg.train.always_save_checkpoint is True
+    cfg = load_config(None, ["--compile", "False", "--bias", "0", "--skip_spikes", "--fsdp", "no", "--compile", "auto"])
+    assert (cfg.train.compile, cfg.model.bias, cfg.train.skip_spikes, cfg.train.fsdp) == ("auto", False, True, False)
     with pytest.raises(UserError, match=r"^config key 'n_layer' needs a value: --n_layer=VALUE$"):
         parse_overrides(["--n_layer"])
     with pytest.raises(UserError, match=r"^config key 'max_iters' needs a value"):

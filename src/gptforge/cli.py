@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gptforge.config import BOOL_WORDS, KEY_OWNERS, Range, check_number, config_help, takes_bool, to_int
+from gptforge.config import BOOL_WORDS, Range, check_number, config_help, to_int, value_follows
 from gptforge.errors import UserError
 
 
@@ -324,9 +324,7 @@ def _split_overrides(sub: _Parser, tokens: list[str]) -> tuple[list[str], list[s
             own.append(token)
             continue
         overrides.append(token)
-        key = name[2:].replace("-", "_")
-        bare_bool = key in KEY_OWNERS and takes_bool(key)
-        if "=" not in token and not bare_bool and rest and not rest[0].startswith("--"):
+        if "=" not in token and value_follows(name[2:].replace("-", "_"), rest[0] if rest else None):
             overrides.append(rest.pop(0))  # --key value
     return own, overrides
 

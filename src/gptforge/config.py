@@ -349,6 +349,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     return _flatten_toml(doc, str(path))
 
 
+def value_follows(key: str, following: str | None) -> bool:
+    """Whether `--key following` sets key to `following`: yes when the key needs a value, and for a boolean
+    key followed by a boolean word (`--compile false`); never when `following` is the next flag."""
+    if following is None or following.startswith("--"):
+        return False
+    if key in KEY_OWNERS and takes_bool(key):
+        return following.strip().lower() in BOOL_WORDS or following in KEY_FIELDS[key].metadata["choices"]
+    return True
+
+
 def parse_overrides(args: list[str]) -> dict[str, Any]:
     """`--key=value`, `--key value` or `key=value` strings to a dict; `-` and `_` both work in keys; a bare
     `--flag` means true for a boolean key."""
@@ -361,11 +371,13 @@ def parse_overrides(args: list[str]) -> dict[str, Any]:
         key = key.replace("-", "_")
         if key not in KEY_OWNERS:
             raise unknown_key_error(key, "the command line")
-        if not sep and not takes_bool(key):
-            if not rest or rest[0].startswith("--"):
-                raise UserError(f"config key '{key}' needs a value: --{key}=VALUE")
+        if not sep and value_follows(key, rest[0] if rest else None):
             value = rest.pop(0)
-        out[key] = value if sep or not takes_bool(key) else "true"
+        elif not sep and takes_bool(key):
+            value = "true"
+        elif not sep:
+            raise UserError(f"config key '{key}' needs a value: --{key}=VALUE")
+        out[key] = value
     return out
 
 
