@@ -1,8 +1,11 @@
 """Configuration: small dataclasses, loaded from TOML (never executed) and `--key=value` overrides.
 
 Keys are flat (nanoGPT's names where nanoGPT has one) and unique across the groups, so a user writes
-`--n_layer=6` or `n_layer = 6` without knowing which group owns the key. A TOML file may also group
-keys under [model], [data], [optim] or [train]; the groups are flattened on load.
+`--n_layer=6` or `n_layer = 6` without knowing which group owns the key. Each field carries its own
+documentation (`key(default, help, range=..., choices=...)`): `train --help` prints it and validation
+checks it, so the two cannot drift. A TOML file may group keys under sections named as the help groups
+([model], [optimizer], [schedule], [training], [data], [logging]) or as earlier versions wrote them
+([optim], [train]); sections are flattened on load.
 """
 
 from __future__ import annotations
@@ -96,8 +99,8 @@ class _Group:
 
 @dataclass
 class ModelConfig(_Group):
-    arch: str = key("gpt2", "gpt2: GPT-2 exactly (loads HF weights); modern: RoPE, RMSNorm, QK-norm, ReLU², no biases",
-                    choices=("gpt2", "modern"))
+    arch: str = key("gpt2", "gpt2: GPT-2 exactly (loads HF weights); modern: RoPE, RMSNorm, QK-norm, ReLU², "
+                    "untied head, logit soft-cap, no biases", choices=("gpt2", "modern"))
     n_layer: int = key(12, "transformer blocks", range="[1, 1024]")
     n_head: int = key(12, "attention heads per block (must divide n_embd)", range="[1, 1024]")
     n_embd: int = key(768, "width of the residual stream", range="[1, 65536]")
