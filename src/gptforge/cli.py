@@ -1,23 +1,26 @@
-"""The `gptforge` command: parse arguments, call one function, print. No logic lives here."""
+"""The `gptforge` command: parse the arguments (one spelling rule and one error line for every command), call one
+function, print. No command logic lives here."""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import re
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
+from gptforge.config import BOOL_WORDS, Range, check_number, config_help, to_int, value_follows
 from gptforge.errors import UserError
 
 
 def _prepare(a):
     from gptforge.data.prepare import prepare
-    from gptforge.data.sources import SourceOptions
 
-    options = SourceOptions(
-        text_column=a.text_column, doc_separator=_unescape(a.doc_separator), keep_partial=a.keep_partial
-    )
     prepare(a.sources, a.out, tokenizer=a.tokenizer, val_fraction=a.val_fraction, split=a.split,
-            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=options)
+            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=_source_options(a))
 
 
 def _tokenizer_train(a):
@@ -104,8 +107,8 @@ def _demo(a):
 
 
 def _unescape(text: str | None) -> str | None:
-    # lets users type --doc-separator '\n\n' in a shell
-    return text.encode().decode("unicode_escape") if text else text
+    """The text as given, with only `\\n` and `\\t` read as newline and tab (so a shell user can type '\\n\\n')."""
+    return re.sub(r"\\[nt]", lambda m: "\n" if m.group() == "\\n" else "\t", text) if text else text
 
 
 def _source_options(a):
@@ -115,31 +118,106 @@ def _source_options(a):
                          keep_partial=getattr(a, "keep_partial", False))
 
 
+CONFIG_COMMANDS = ("train", "bench", "plan")
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR, errno.EISDIR,
+               errno.ENAMETOOLONG}
+
+
+class UsageError(UserError):
+    """A command line argparse cannot parse: exit 2, as argparse's own errors."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors in one line; remembers its flags and switches (boolean flags) for the spellings main() accepts."""
+
+    def __init__(self, *args, **kwargs):
+        self.flags, self.switches = set(), set()  # before super(): it adds --help through add_argument
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        self.flags.update(action.option_strings)
+        if kwargs.get("action") == "store_true":
+            self.switches.update(action.option_strings)
+        return action
+
+    def error(self, message):  # main() prints it as one line instead of argparse's usage block
+        raise UsageError(f"{message} (see {self.prog} --help)")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def _get_help_string(self, action):  # the hook ArgumentDefaultsHelpFormatter uses; this one skips None
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, "", argparse.SUPPRESS):
+            text += f" (default: {action.default})"
+        return text
+
+
+def _number(p, flag: str, kind: type, allowed: str, help_text: str = "", **kwargs) -> None:
+    """A numeric flag whose value must lie in `allowed` (e.g. "[1, inf)"), else one line naming the flag."""
+
+    def parse(text: str):
+        try:
+            value = to_int(text) if kind is int else float(text)
+        except (ValueError, OverflowError):
+            raise UserError(f"{flag}: {text!r} is not a valid {kind.__name__}") from None
+        check_number(flag, value, Range(allowed), integer=kind is int)
+        return value
+
+    kwargs.setdefault("metavar", "N" if kind is int else "X")
+    p.add_argument(flag, type=parse, help=f"{help_text}; {allowed}" if help_text else allowed, **kwargs)
+
+
 def _add_source_flags(p) -> None:
-    p.add_argument("--text-column", default="text", help="parquet column / jsonl field with the text (default: text)")
-    p.add_argument(
-        "--doc-separator", default=None, help=r"split .txt files into documents on this string, e.g. '\n\n\n'"
-    )
+    p.add_argument("--text-column", default="text", help="parquet column / jsonl field with the text")
+    p.add_argument("--doc-separator", default=None,
+                   help=r"split .txt files into documents on this text, taken as given except \n and \t, "
+                        r"e.g. '\n\n\n'")
+
+
+def _add_config_command(sub, name: str, func, help_text: str, add_flags=None):
+    width = min(max(shutil.get_terminal_size(fallback=(100, 24)).columns, 80), 120) - 2
+    p = sub.add_parser(name, help=help_text, description=f"{help_text}. Config keys as --key=value (listed below), "
+                       "after or instead of a TOML file.", epilog=config_help(width))
+    p.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml", help="a TOML file of config keys")
+    if add_flags:
+        add_flags(p)
+    p.usage = p.format_usage().removeprefix("usage: ").strip() + " [--key=value ...]"
+    p.set_defaults(func=func)
+
+
+def _bench_flags(p) -> None:
+    _number(p, "--steps", int, "[1, 1000000]", "timed steps", default=20)
+    _number(p, "--warmup", int, "[0, 1000000]", "untimed steps first (compilation, allocator)", default=5)
+
+
+def _plan_flags(p) -> None:
+    p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the config's data)")
+    p.add_argument("--gpu", default=None, help="e.g. 'RTX 4070', 'H100'")
+    _number(p, "--vocab-size", int, "[1, 2^32]", "vocabulary size when there is no dataset")
+    _number(p, "--mfu", float, "(0, 1]", "assumed MFU for the time estimate")
+    _number(p, "--processes", int, "[1, 1000000]", "GPUs the run will use", default=1)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="gptforge", description="From raw text to a trained GPT, and what the run is doing."
-    )
+    parser = _Parser(prog="gptforge", description="From raw text to a trained GPT, and what the run is doing.",
+                     epilog="Every flag takes - or _ in its name (--max-new-tokens or --max_new_tokens); "
+                            "boolean flags take true/false/1/0. `gptforge COMMAND --help` explains a command.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("prepare", help="tokenize sources into shards + manifest (appends to an existing DATA_DIR)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="files, directories or globs: .parquet .txt .md .jsonl .xml[.bz2]")
-    p.add_argument("--out", required=True, metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="DATA_DIR", help="the dataset directory (created or appended to)")
     p.add_argument("--tokenizer", default=None, help="gpt2 (default), char, or a directory from `tokenizer train`")
-    p.add_argument("--val-fraction", type=float, default=None,
-                   help="share of documents (or of the stream, with --split tail) for validation")
+    _number(p, "--val-fraction", float, "[0, 1)",
+            "share of documents (or of the stream, with --split tail) for validation (default: 0.01)")
     p.add_argument("--split", choices=["hash", "tail"], default=None,
                    help="hash: per document (default); tail: the end of the stream")
-    p.add_argument("--shard-tokens", type=int, default=100_000_000)
-    p.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this")
-    p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
+    _number(p, "--shard-tokens", int, "[1, 2^31)", "tokens per shard", default=100_000_000)
+    _number(p, "--min-chars", int, "[0, inf)", "drop documents shorter than this", default=0)
+    _number(p, "--workers", int, "[1, 1024]", "tokenizer threads (default: all cores)")
     p.add_argument("--keep-partial", action="store_true", help="keep the articles read before a corrupt part of a dump")
     _add_source_flags(p)
     p.set_defaults(func=_prepare)
@@ -147,110 +225,176 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tokenizer", help="tokenizer tools")
     tsub = p.add_subparsers(dest="tokenizer_command", required=True, metavar="ACTION")
     t = tsub.add_parser("train", help="train a byte-level BPE on your sources")
-    t.add_argument("sources", nargs="+", metavar="SOURCE")
-    t.add_argument("--vocab-size", type=int, required=True)
-    t.add_argument("--out", required=True, metavar="TOK_DIR")
-    t.add_argument("--max-chars", type=int, default=2_000_000_000, help="train on at most this many characters")
+    t.add_argument("sources", nargs="+", metavar="SOURCE", help="files, directories or globs")
+    _number(t, "--vocab-size", int, "[1, 2^32]", "tokens in the vocabulary", required=True)
+    t.add_argument("--out", required=True, metavar="TOK_DIR", help="where the tokenizer is written")
+    _number(t, "--max-chars", int, "[1, inf)", "train on at most this many characters", default=2_000_000_000)
     _add_source_flags(t)
     t.set_defaults(func=_tokenizer_train)
 
     p = sub.add_parser("download", help="download dataset shards (parallel, resumable, verified)")
-    p.add_argument("name", metavar="NAME|URL_TEMPLATE")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--start", type=int, default=0, help="first shard index")
-    p.add_argument("--workers", type=int, default=4)
+    p.add_argument("name", metavar="NAME|URL_TEMPLATE", help="a known dataset name, or a URL with {index}")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the files are written")
+    _number(p, "--shards", int, "[1, 1000000]", "how many shards", required=True)
+    _number(p, "--start", int, "[0, inf)", "first shard index", default=0)
+    _number(p, "--workers", int, "[1, 64]", "parallel downloads", default=4)
     p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror)")
     p.set_defaults(func=_download)
 
-    for name, func, help_text in (("train", _train, "train a GPT (config keys as --key=value)"),
-                                  ("bench", _bench, "measure training throughput on synthetic tokens"),
-                                  ("plan", _plan, "size a run before starting it")):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml")
-        if name == "plan":
-            p.add_argument("--data", default=None, metavar="DATA_DIR")
-            p.add_argument("--gpu", default=None, help="e.g. 'RTX 4070', 'H100'")
-            p.add_argument("--vocab-size", type=int, default=None)
-            p.add_argument("--mfu", type=float, default=None, help="assumed MFU for the time estimate")
-            p.add_argument("--processes", type=int, default=1, help="GPUs the run will use")
-        if name == "bench":
-            p.add_argument("--steps", type=int, default=20)
-            p.add_argument("--warmup", type=int, default=5)
-        p.set_defaults(func=func)
+    _add_config_command(sub, "train", _train, "train a GPT")
+    _add_config_command(sub, "bench", _bench, "measure training throughput on synthetic tokens", _bench_flags)
+    _add_config_command(sub, "plan", _plan, "size a run before starting it", _plan_flags)
 
     p = sub.add_parser("sample", help="generate text from a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     p.add_argument("--prompt", default="", help="text, or FILE:path")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=200)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default="auto")
+    _number(p, "--num-samples", int, "[1, inf)", "samples to generate", default=1)
+    _number(p, "--max-new-tokens", int, "[1, inf)", "tokens per sample", default=200)
+    _number(p, "--temperature", float, "[0, inf)", "0 = greedy", default=0.8)
+    _number(p, "--top-k", int, "[0, inf)", "sample among the k likeliest tokens; 0 = all", default=200)
+    _number(p, "--top-p", float, "(0, 1]", "nucleus sampling; 1 = off", default=1.0)
+    _number(p, "--seed", int, "[0, 2^63)", "random seed", default=1337)
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", default=None, metavar="DATA_DIR")
-    p.add_argument("--batches", type=int, default=None,
-                   help="evaluate at most this many batches (default: the whole val split)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
+    _number(p, "--batches", int, "[1, inf)", "evaluate at most this many batches (default: the whole val split)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("diagnose", help="what the run is doing and what to change")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--data", default=None, metavar="DATA_DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
     p.set_defaults(func=_diagnose)
 
     p = sub.add_parser("plot", help="loss curves of one or more runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
-    p.add_argument("--out", required=True, metavar="FILE.png")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="the image written")
     p.add_argument("--log", action="store_true", help="log scale for the loss axis")
     p.set_defaults(func=_plot)
 
-    p = sub.add_parser("inspect", help="summarise and verify a DATA_DIR or RUN_DIR")
-    p.add_argument("path", metavar="DATA_DIR|RUN_DIR")
+    p = sub.add_parser("inspect", help="summarise and verify a DATA_DIR, RUN_DIR, shard folder or shard")
+    p.add_argument("path", metavar="DATA_DIR|RUN_DIR", help="what to inspect")
     p.set_defaults(func=_inspect)
 
     p = sub.add_parser("export", help="export a run for other tools")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("--format", default="hf", choices=["hf"])
-    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("--format", default="hf", choices=["hf"], help="hf: a transformers GPT2LMHeadModel directory")
+    p.add_argument("--out", required=True, metavar="DIR", help="the directory written (absent or empty)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-nanogpt", help="turn a nanoGPT ckpt.pt into a gptforge run")
-    p.add_argument("checkpoint", metavar="ckpt.pt")
-    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("checkpoint", metavar="ckpt.pt", help="nanoGPT's checkpoint file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="the run directory written")
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the data folder the checkpoint was trained on")
     p.set_defaults(func=_import_nanogpt)
 
     p = sub.add_parser("demo", help="the whole pipeline offline on Shakespeare's plays, on CPU, in minutes")
-    p.add_argument("--out", default="runs/demo", metavar="DIR")
-    p.add_argument("--seconds", type=float, default=None, help="training time budget")
+    p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the demo writes")
+    _number(p, "--seconds", float, "(0, 1e6]", "training time budget")
     p.set_defaults(func=_demo)
+    parser.commands = sub.choices
     return parser
 
 
+def _spelled(argv: list[str]) -> list[str]:
+    """`--max_new_tokens=5` -> `--max-new-tokens=5`: flags are declared with dashes and either spelling works."""
+    out = list(argv)
+    for i, token in enumerate(out):
+        if token == "--":
+            break
+        if token.startswith("--"):
+            name, sep, value = token.partition("=")
+            out[i] = name.replace("_", "-") + sep + value
+    return out
+
+
+def _split_overrides(sub: _Parser, tokens: list[str]) -> tuple[list[str], list[str]]:
+    """A config command's own arguments, and its config overrides (--key=value, --key value, --flag).
+
+    Done here, not by argparse, which takes an unknown `--key=a b` (a space in it) for a positional."""
+    own, overrides = [], []
+    rest = list(tokens)
+    while rest:
+        token = rest.pop(0)
+        name = token.partition("=")[0]
+        if token == "--" or not token.startswith("--") or name in sub.flags:
+            own.append(token)
+            continue
+        overrides.append(token)
+        if "=" not in token and value_follows(name[2:].replace("-", "_"), rest[0] if rest else None):
+            overrides.append(rest.pop(0))  # --key value
+    return own, overrides
+
+
+def _switch_values(sub: _Parser, tokens: list[str]) -> list[str]:
+    """`--log=false` -> nothing, `--log=True` -> `--log`: a switch takes any boolean spelling."""
+    out = []
+    for token in tokens:
+        name, sep, value = token.partition("=")
+        if not sep or name not in sub.switches:
+            out.append(token)
+        elif value.strip().lower() not in BOOL_WORDS:
+            raise UserError(f"{name}: {value!r} is not one of true, false, 1, 0")
+        elif BOOL_WORDS[value.strip().lower()]:
+            out.append(name)
+    return out
+
+
+def parse_command_line(parser: _Parser, argv: list[str]) -> argparse.Namespace:
+    argv = _spelled(argv)
+    command = argv[0] if argv else None
+    if command not in parser.commands:
+        return parser.parse_args(argv)
+    sub = parser.commands[command]
+    own, overrides = _split_overrides(sub, argv[1:]) if command in CONFIG_COMMANDS else (argv[1:], [])
+    args = sub.parse_args(_switch_values(sub, own))  # the subcommand's parser: its errors name it
+    args.command, args.overrides = command, overrides
+    return args
+
+
+def _check_out(path: str) -> None:
+    """An --out that cannot be written fails now, in one line, rather than after the work."""
+    target = Path(path).absolute()
+    existing = next(p for p in [target, *target.parents] if p.exists())
+    if existing != target and not existing.is_dir():
+        raise UserError(f"--out {path}: {existing} is not a directory")
+    if existing.is_dir():
+        try:  # a real write: permissions alone say nothing for root or a read-only filesystem
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as e:
+            raise UserError(f"--out {path}: cannot write in {existing} ({e.strerror})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if args.command in ("train", "bench", "plan"):
-        args.overrides = unknown  # --key=value config overrides
-    elif unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    name = f"gptforge {argv[0]}" if argv and argv[0] in parser.commands else "gptforge"
     try:
+        args = parse_command_line(parser, argv)
+        if isinstance(getattr(args, "out", None), str):
+            _check_out(args.out)
         code = args.func(args)
+    except UsageError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
     except UserError as e:
-        print(f"gptforge {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(f"gptforge {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # `gptforge sample ... | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:  # the machine refused a path (permissions, read-only, full): one line, not a traceback
+        if e.filename is None or e.errno not in PATH_ERRNOS:
+            raise
+        print(f"{name}: error: {e.filename}: {e.strerror}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

@@ -77,3 +77,27 @@ def test_the_shipped_cpu_config_trains_from_the_command_line(tmp_path, capsys, c
     assert "done: max_iters at step 3" in out
     saved = (run / "config.toml").read_text()
     assert 'optimizer = "muon"' in saved and "muon_lr = 0.04" in saved and "max_iters = 3" in saved
+
+
+def test_what_nanogpt_users_type_trains_without_a_config_file(tmp_path, capsys, char_data):
+    """--compile=False, dashed keys, a --sample_prompts value with spaces (once taken for a config file)."""
+    run = tmp_path / "run"
+    args = [f"--data={char_data}", f"--out={run}", "--device=cpu", *TINY, "--compile=False", "--max-iters=2",
+            "--sample_prompts=the cat|a dog sees", "--sample-tokens", "3"]
+    assert main(["train", *args]) == 0, capsys.readouterr().err
+    out = capsys.readouterr().out
+    assert "sample 'a dog sees' -> " in out
+    saved = (run / "config.toml").read_text()
+    assert 'compile = "false"' in saved and 'sample_prompts = ["the cat", "a dog sees"]' in saved
+
+
+def test_the_resume_command_works_with_a_prompt_holding_a_newline(tmp_path, capsys, char_data):
+    """RUN_DIR/config.toml was invalid TOML for such a prompt, so the documented resume command failed."""
+    run = tmp_path / "run"
+    prompt = "the cat sees the moon.\nmy king"  # (a tab is not in this character vocabulary)
+    assert main(["train", f"--data={char_data}", f"--out={run}", "--device=cpu", *TINY, f"--sample_prompts={prompt}",
+                 "--sample_tokens=2"]) == 0
+    capsys.readouterr()
+    assert main(["train", str(run / "config.toml"), "--init_from=resume", "--max_iters=3"]) == 0
+    out = capsys.readouterr().out
+    assert "done: max_iters at step 3" in out and f"sample {prompt!r} -> " in out

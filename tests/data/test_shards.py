@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from gptforge.data.shards import HEADER_BYTES, MAGIC, ShardWriter, open_shard, write_shard
+from gptforge.data.shards import HEADER_BYTES, MAGIC, MAGIC_U32, ShardWriter, open_shard, shard_format, write_shard
 from gptforge.errors import UserError
 
 
@@ -15,8 +15,19 @@ def test_round_trip_uint16_and_uint32(tmp_path):
 
     big = np.array([70000, 1, 99999], dtype=np.uint32)
     write_shard(tmp_path / "b.bin", big, vocab_size=100_000)
-    assert list(np.fromfile(tmp_path / "b.bin", dtype="<i4", count=3)) == [MAGIC, 2, 3]
+    # llm.c's own uint32 header (dev/data/data_common.py, "llama-3"): magic 20240801, version 7
+    assert list(np.fromfile(tmp_path / "b.bin", dtype="<i4", count=3)) == [20240801, 7, 3] == [MAGIC_U32, 7, 3]
+    assert (tmp_path / "b.bin").stat().st_size == HEADER_BYTES + 4 * 3
     assert open_shard(tmp_path / "b.bin", vocab_size=100_000, check_ids=True).tolist() == big.tolist()
+    assert shard_format(tmp_path / "a.bin") == "uint16 (llm.c GPT-2 format)"
+    assert shard_format(tmp_path / "b.bin") == "uint32 (llm.c llama-3 format)"
+
+
+def test_reads_older_gptforge_uint32_shards(tmp_path):
+    """Shards written before the switch to llm.c's uint32 header (magic 20240520, version 2) still open."""
+    old = _raw(tmp_path / "train_000000.bin", [MAGIC, 2, 3], np.array([70000, 0, 5], dtype="<u4").tobytes())
+    assert open_shard(old, vocab_size=70001, check_ids=True).tolist() == [70000, 0, 5]
+    assert shard_format(old) == "uint32 (older gptforge format, version 2)"
 
 
 def test_writer_uses_a_temporary_name_until_closed(tmp_path):
@@ -38,7 +49,9 @@ def _raw(path, header, body=b""):
 @pytest.mark.parametrize(
     "header,body,message",
     [
-        ([MAGIC, 3, 2], b"\0" * 4, "unknown version 3"),
+        ([MAGIC, 3, 2], b"\0" * 4, "unknown version 3 for magic 20240520"),
+        ([MAGIC_U32, 1, 2], b"\0" * 8, "unknown version 1 for magic 20240801"),
+        ([MAGIC_U32, 7, 5], b"\0" * 8, "size is 1032 bytes but the header's 5 tokens need 1044"),
         ([MAGIC, 1, 5], b"\0" * 4, "size is 1028 bytes but the header's 5 tokens need 1034"),
         ([MAGIC, 1, 0], b"", "is empty"),
         ([123, 1, 2], b"\0" * 4, "bad magic"),

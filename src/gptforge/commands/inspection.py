@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptforge.data.manifest import MANIFEST, listed_shards, load_manifest, orphan_files
-from gptforge.data.shards import NANOGPT_NAMES, open_shard
+from gptforge.data.shards import NANOGPT_NAMES, open_shard, read_header, shard_format
 from gptforge.errors import UserError
 
 
@@ -54,7 +54,10 @@ def _inspect_dataset(data_dir: Path) -> int:
         print(f"  BAD: {line}")
     if problems:
         raise UserError(f"dataset {data_dir}: {len(problems)} problem(s) found (listed above)")
-    print(f"  verified: every shard's header, size and token ids (< {tok['vocab_size']:,}) are good")
+    formats = sorted({shard_format(path) for split in ("train", "val") for path, _ in
+                      listed_shards(data_dir, manifest, split)})
+    print(f"  verified: every shard's header, size and token ids (< {tok['vocab_size']:,}) are good; "
+          f"tokens {', '.join(formats)}")
     return 0
 
 
@@ -63,8 +66,32 @@ def _inspect_nanogpt(data_dir: Path) -> int:
     for name in NANOGPT_NAMES:
         path = data_dir / name
         if path.exists():
-            arr = open_shard(path)
-            print(f"  {name}: {len(arr):,} uint16 tokens, largest id {int(arr.max()) if len(arr) else 0}")
+            print(f"  {name}: {_describe_shard(path)}")
+    return 0
+
+
+def _describe_shard(path: Path) -> str:
+    arr = open_shard(path)
+    largest = int(arr.max()) if len(arr) else 0
+    return f"{len(arr):,} tokens, {shard_format(path)}, largest id {largest:,}"
+
+
+def _headered_shards(folder: Path) -> list[Path]:
+    """The .bin files of a folder that carry a shard header (an llm.c or modded-nanogpt data folder)."""
+    return sorted(p for p in folder.glob("*.bin") if p.is_file() and p.stat().st_size and read_header(p))
+
+
+def _inspect_shard_folder(folder: Path, shards: list[Path]) -> int:
+    print(f"shard folder {folder} (no {MANIFEST}: an llm.c / modded-nanogpt data folder)")
+    bad = 0
+    for path in shards:
+        try:
+            print(f"  {path.name}: {_describe_shard(path)}")
+        except UserError as e:
+            print(f"  BAD: {e}")
+            bad += 1
+    if bad:
+        raise UserError(f"shard folder {folder}: {bad} bad shard(s) (listed above)")
     return 0
 
 
@@ -73,8 +100,7 @@ def inspect_command(path: str) -> int:
     if not target.exists():
         raise UserError(f"{path} does not exist")
     if target.is_file():
-        arr = open_shard(target)
-        print(f"shard {target}: {len(arr):,} tokens ({arr.dtype}), largest id {int(arr.max())}")
+        print(f"shard {target}: {_describe_shard(target)}")
         return 0
     if (target / MANIFEST).exists():
         return _inspect_dataset(target)
@@ -88,4 +114,7 @@ def inspect_command(path: str) -> int:
         return 0
     if any((target / n).exists() for n in NANOGPT_NAMES):
         return _inspect_nanogpt(target)
+    shards = _headered_shards(target)
+    if shards:
+        return _inspect_shard_folder(target, shards)
     raise UserError(f"{path} is neither a gptforge DATA_DIR (no {MANIFEST}) nor a run directory (no checkpoints/)")
