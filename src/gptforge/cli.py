@@ -49,7 +49,8 @@ def _sample(a):
 def _eval(a):
     from gptforge.analysis.evaluate import eval_command
 
-    eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches)
+    eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches, hellaswag_file=a.hellaswag,
+                 limit=a.limit)
 
 
 def _diagnose(a):
@@ -154,10 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(t)
     t.set_defaults(func=_tokenizer_train)
 
-    p = sub.add_parser("download", help="download dataset shards (parallel, resumable, verified)")
-    p.add_argument("name", metavar="NAME|URL_TEMPLATE")
-    p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--shards", type=int, required=True)
+    p = sub.add_parser("download", help="download dataset shards or the HellaSwag val set (resumable, verified)")
+    p.add_argument("name", metavar="NAME|URL_TEMPLATE", help="a dataset, a URL template, or hellaswag")
+    p.add_argument("--out", default=None, metavar="DIR", help="required but for hellaswag (default: the cache)")
+    p.add_argument("--shards", type=int, default=None, help="train shards to fetch (required but for hellaswag)")
     p.add_argument("--start", type=int, default=0, help="first shard index")
     p.add_argument("--workers", type=int, default=4)
     p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror)")
@@ -191,11 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
+    p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run, or its HellaSwag score")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--data", default=None, metavar="DATA_DIR")
     p.add_argument("--batches", type=int, default=None,
                    help="evaluate at most this many batches (default: the whole val split)")
+    p.add_argument("--hellaswag", nargs="?", const="", default=None, metavar="FILE",
+                   help="score HellaSwag instead (default file: the one `gptforge download hellaswag` fetched)")
+    p.add_argument("--limit", type=int, default=None, help="--hellaswag: score only the first N items")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=_eval)
 
