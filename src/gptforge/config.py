@@ -113,6 +113,8 @@ class TrainConfig:
         default_factory=lambda: ["The capital of France is", "If yesterday was Friday, then tomorrow will be"]
     )
     sample_tokens: int = 24  # greedy tokens per prompt at each eval; 0 disables
+    hellaswag_interval: int = 0  # steps between HellaSwag scores (gptforge download hellaswag); 0 = off
+    hellaswag_limit: int = 0  # score only the first N HellaSwag items each time (e.g. 1000 on a CPU); 0 = all 10,042
     fsdp: bool = False
     wandb_log: bool = False
     wandb_project: str = "gptforge"
