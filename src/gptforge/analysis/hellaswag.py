@@ -8,7 +8,8 @@ its standard error sqrt(p (1 - p) / (n - 1)), as the Eleuther harness reports it
 A context + ending longer than block_size + 1 tokens is cut from the left: the ending and the context next
 to it stay. The 4 endings of an item go through the model in one batched forward (several items per forward
 on a GPU); under torchrun the items are dealt across ranks and the counts summed, and every rank runs the
-same number of forwards, so a sharded (FSDP) model works too. Pass the model itself, not a DDP wrapper.
+same number of forwards, so a sharded (FSDP) model works too. Pass the model itself, not its DDP or compiled
+wrapper (every batch has another shape).
 """
 
 from __future__ import annotations
@@ -174,8 +175,9 @@ def score(model, tokenizer, items: list[Item], device: torch.device, autocast=No
     block_size = model.cfg.block_size
     per_forward = items_per_forward or (16 if device.type == "cuda" else 1)
     rank, world = dist.rank(), dist.world_size()
+    encoded = encode(tokenizer, items, model.vocab_size)  # all of them on every rank: all skip, or none does
     mine = items[rank::world]
-    rows = [item_rows(ctx, ends, block_size) for ctx, ends in encode(tokenizer, mine, model.vocab_size)]
+    rows = [item_rows(ctx, ends, block_size) for ctx, ends in encoded[rank::world]]
     order = sorted(range(len(mine)), key=lambda i: max(map(len, rows[i][0])))  # similar lengths: less padding
     forwards = math.ceil(math.ceil(len(items) / world) / per_forward)  # the same on every rank: FSDP needs it
     counts = torch.zeros(4, dtype=torch.float64)  # correct by sum, correct by mean, items, tokens
