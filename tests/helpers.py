@@ -86,3 +86,27 @@ def sigint_default() -> None:
     that sends SIGINT would pass or fail depending on how the test run was launched.
     """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None, name="run", block_size=16):
+    """A run directory holding one checkpoint of a tiny model with trained-looking weights (nothing at its
+    init constant), and the tokenizer if given; returns (run_dir, the model in eval mode)."""
+    import torch
+
+    from gptforge.model.gpt import GPT
+    from gptforge.train.checkpoint import save_checkpoint
+
+    run = tmp_path / name
+    cfg = build_config(dict(arch=arch, n_layer=2, n_head=2, n_embd=32, block_size=block_size,
+                            vocab_size=vocab_size, bias=bias, out=str(run)))
+    torch.manual_seed(0)
+    model = GPT(cfg.model)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    save_checkpoint(run, 7, model_state=model.state_dict(), optimizer_state={}, extra_tensors={},
+                    state={"step": 7, "tokens_seen": 0, "config": cfg.flat()}, keep_last=2, is_best=False)
+    if tokenizer is not None:
+        tokenizer.save(run / "tokenizer")
+    return run, model.eval()

@@ -40,7 +40,7 @@ EVERY_FLAG = {
     "plan": ["c.toml", "--data", "d", "--gpu", "H100", "--vocab-size", "100", "--mfu", "0.4", "--processes", "8"],
     "sample": ["r", "--prompt", "Hi", "--num-samples", "2", "--max-new-tokens", "5", "--temperature", "0.5",
                "--top-k", "5", "--top-p", "0.9", "--seed", "3", "--device", "cpu"],
-    "eval": ["r", "--data", "d", "--batches", "2", "--device", "cpu"],
+    "eval": ["r", "--data", "d", "--batches", "2", "--device", "cpu", "--hellaswag", "h.jsonl", "--limit", "5"],
     "diagnose": ["r", "--data", "d"],
     "plot": ["r", "--out", "x.png", "--log"],
     "inspect": ["d"],

@@ -52,7 +52,8 @@ def _sample(a):
 def _eval(a):
     from gptforge.analysis.evaluate import eval_command
 
-    eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches)
+    eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches, hellaswag_file=a.hellaswag,
+                 limit=a.limit)
 
 
 def _diagnose(a):
@@ -232,10 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_source_flags(t)
     t.set_defaults(func=_tokenizer_train)
 
-    p = sub.add_parser("download", help="download dataset shards (parallel, resumable, verified)")
-    p.add_argument("name", metavar="NAME|URL_TEMPLATE", help="a known dataset name, or a URL with {index}")
-    p.add_argument("--out", required=True, metavar="DIR", help="where the files are written")
-    _number(p, "--shards", int, "[1, 1000000]", "how many shards", required=True)
+    p = sub.add_parser("download", help="download dataset shards or the HellaSwag val set (resumable, verified)")
+    p.add_argument("name", metavar="NAME|URL_TEMPLATE", help="a known dataset name, a URL with {index}, or hellaswag")
+    p.add_argument("--out", default=None, metavar="DIR", help="where the files are written (hellaswag: the cache)")
+    _number(p, "--shards", int, "[1, 1000000]", "how many shards (required but for hellaswag)")
     _number(p, "--start", int, "[0, inf)", "first shard index", default=0)
     _number(p, "--workers", int, "[1, 64]", "parallel downloads", default=4)
     p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror)")
@@ -257,10 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_sample)
 
-    p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run")
+    p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run, or its HellaSwag score")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
     _number(p, "--batches", int, "[1, inf)", "evaluate at most this many batches (default: the whole val split)")
+    p.add_argument("--hellaswag", nargs="?", const="", default=None, metavar="FILE",
+                   help="score HellaSwag instead (default file: the one `gptforge download hellaswag` fetched)")
+    _number(p, "--limit", int, "[1, inf)", "--hellaswag: score only the first N items")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.set_defaults(func=_eval)
 

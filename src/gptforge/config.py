@@ -189,6 +189,10 @@ class TrainConfig(_Group):
         factory=lambda: ["The capital of France is", "If yesterday was Friday, then tomorrow will be"])
     sample_tokens: int = key(24, "greedy tokens per prompt at each eval; 0 disables", group="logging",
                              range="[0, 1000000]")
+    hellaswag_interval: int = key(0, "steps between HellaSwag scores (gptforge download hellaswag); 0: off",
+                                  group="logging", range="[0, 1e12]")
+    hellaswag_limit: int = key(0, "score only the first N HellaSwag items each time (e.g. 1000 on a CPU); 0: all",
+                               group="logging", range="[0, 1e12]")
     peak_flops: float = key(0.0, "the device's peak FLOP/s for MFU; 0: look the device up", group="logging",
                             range="[0, 1e21]")
     wandb_log: bool = key(False, "mirror metrics to Weights & Biases", group="logging")

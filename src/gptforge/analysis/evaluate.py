@@ -1,4 +1,5 @@
-"""`gptforge eval RUN_DIR`: val loss, perplexity and bits per byte of a run's latest checkpoint.
+"""`gptforge eval RUN_DIR`: val loss, perplexity and bits per byte of a run's latest checkpoint;
+`gptforge eval RUN_DIR --hellaswag [FILE]`: its HellaSwag score instead (analysis/hellaswag.py).
 
 Bits per byte = total nats over the evaluated targets / their UTF-8 bytes / ln 2: it does not depend on
 the tokenizer, so a character-level run and a BPE run on the same text compare directly.
@@ -7,14 +8,17 @@ the tokenizer, so a character-level run and a BPE run on the same text compare d
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptforge.analysis import hellaswag
 from gptforge.data.dataset import open_dataset
+from gptforge.data.pinned import PINNED, pinned_mismatch
 from gptforge.data.tokenizers import CharTokenizer
 from gptforge.errors import UserError
-from gptforge.train import devices
+from gptforge.train import devices, dist
 from gptforge.train.loader import ValBatches
 from gptforge.train.runs import load_run
 
@@ -72,7 +76,35 @@ def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = No
     }
 
 
-def eval_command(run_dir, data=None, device="auto", max_batches=None) -> dict:
+def hellaswag_run(run_dir, path=None, limit: int | None = None, device="auto") -> hellaswag.Result:
+    """Score the run's latest checkpoint on HellaSwag; under torchrun every rank scores its share."""
+    dev = devices.resolve_device(device)
+    created = dist.setup(dev)
+    main = dist.is_main()
+    try:
+        items = hellaswag.load_items(path, limit)  # before the model: a missing file is the cheap error
+        model, tokenizer, state = load_run(run_dir, dev)
+        autocast = devices.autocast(dev, devices.resolve_dtype("auto", dev))
+        result = hellaswag.score(model, tokenizer, items, dev, autocast)
+    finally:
+        dist.cleanup(created)
+    if main:
+        path = Path(path) if path else hellaswag.default_path()
+        what = "the official val set"
+        if pinned_mismatch(path, PINNED["hellaswag"]) is not None:
+            what = f"{path} (not the official val set: scores do not compare with published ones)"
+        print(f"{run_dir} at step {state['step']}, {'the first ' if limit else ''}{result.items:,} items of {what}")
+        print(result.line())
+    return result
+
+
+def eval_command(run_dir, data=None, device="auto", max_batches=None, hellaswag_file=None, limit=None):
+    if hellaswag_file is not None:
+        if max_batches is not None or data is not None:
+            raise UserError("--batches and --data set up the val-loss eval; --hellaswag scores HellaSwag alone")
+        return hellaswag_run(run_dir, hellaswag_file or None, limit, device)
+    if limit is not None:
+        raise UserError("--limit applies to --hellaswag (the val-loss eval takes --batches)")
     r = evaluate_run(run_dir, data=data, device=device, max_batches=max_batches)
     bpb = f"{r['bits_per_byte']:.4f}" if r["bits_per_byte"] is not None else "n/a (no tokenizer in the run)"
     print(f"{run_dir} at step {r['step']} on {r['data']} ({r['batches']} batches, {r['tokens']:,} tokens, "

@@ -6,6 +6,8 @@ sha256 of LFS files in X-Linked-Etag). A dropped connection resumes with an HTTP
 connection errors are retried with exponential backoff; 404 and other client errors are final at once.
 `DIR/.gptforge-download.json` records where each file came from, so two datasets whose files share names
 (FineWeb and FineWeb-Edu samples both use 000_00000.parquet) never overwrite each other silently.
+A pinned file (`gptforge download hellaswag`) is checked against its size, sha256 and git blob id known in
+advance, whatever the server says, and goes to the cache (`$GPTFORGE_CACHE`, else ~/.cache/gptforge) by default.
 Standard library only.
 """
 
@@ -30,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
+from gptforge.data.pinned import PINNED, PinnedFile, cache_dir, git_blob_id, pinned_mismatch
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_json, fsync_dir
 from gptforge.progress import StatusLine
@@ -84,7 +87,8 @@ class Job:
     url: str  # what is fetched (after --mirror)
     source: str  # the dataset's own URL: identity of the file in the record
     path: Path
-    role: str  # "train" or "val"
+    role: str  # "train", "val" or "file" (a pinned file)
+    pinned: PinnedFile | None = None
 
     @property
     def part(self) -> Path:
@@ -121,8 +125,16 @@ def _expand(template: str, index: int) -> str:
         ) from None
 
 
-def plan(name: str, out: str | os.PathLike, shards: int, start: int = 0, mirror: str | None = None) -> list[Job]:
+def plan(name: str, out: str | os.PathLike, shards: int | None, start: int = 0,
+         mirror: str | None = None) -> list[Job]:
     """The files to fetch, in order: train files start..start+shards-1, then the validation file if any."""
+    if name in PINNED:
+        if shards is not None or start:
+            raise UserError(f"{name} is a single file: drop --shards and --start")
+        pinned = PINNED[name]
+        return [Job(apply_mirror(pinned.url, mirror), pinned.url, Path(out) / pinned.filename, "file", pinned)]
+    if shards is None:
+        raise UserError(f"{name}: say how many shards to fetch with --shards N")
     if shards < 1 or start < 0:
         raise UserError(f"--shards must be at least 1 and --start at least 0 (got --shards {shards} --start {start})")
     dataset = DATASETS.get(name)
@@ -324,8 +336,14 @@ class _Fetcher:
     def fetch(self, job: Job) -> tuple[str, int]:
         """('fetched' | 'skipped', bytes received) for one file."""
         self.record.check(job)
-        expected = (None, None)
-        if job.path.exists():
+        expected = (job.pinned.size, job.pinned.sha256) if job.pinned else (None, None)
+        if job.pinned and job.path.exists():  # checked here, no request needed
+            wrong = pinned_mismatch(job.path, job.pinned)
+            if wrong is None:
+                self.record.add(job, job.pinned.size, job.pinned.sha256)
+                return "skipped", 0
+            self.progress.say(f"{job.path}: {wrong}; fetching it again")
+        elif job.path.exists():
             expected = self.probe(job)
             have = job.path.stat().st_size
             if expected[0] is None or expected[0] == have:
@@ -344,7 +362,7 @@ class _Fetcher:
             offset = 0
         response, hops = self.http.open("GET", job.url, {"Range": f"bytes={offset}-"} if offset else None)
         linked_size, sha = _meta(hops, response)
-        sha = sha or expected[1]
+        sha = expected[1] if job.pinned else sha or expected[1]
         body = response.status != 416
         try:
             if not body:  # nothing after our offset: the .part may already be whole
@@ -376,7 +394,10 @@ class _Fetcher:
         if size is not None and got != size:
             raise _Mismatch(f"wrong size: got {got:,} bytes, the server announced {size:,}")
         if sha and digest.hexdigest() != sha:
-            raise _Mismatch(f"sha256 mismatch: the server announced {sha}, the bytes hash to {digest.hexdigest()}")
+            said = "the pin says" if job.pinned else "the server announced"
+            raise _Mismatch(f"sha256 mismatch: {said} {sha}, the bytes hash to {digest.hexdigest()}")
+        if job.pinned and git_blob_id(job.part) != job.pinned.git_blob:
+            raise _Mismatch(f"git blob id {git_blob_id(job.part)} is not the pinned {job.pinned.git_blob}")
         os.replace(job.part, job.path)
         fsync_dir(job.path.parent)
         self.record.add(job, got, digest.hexdigest())
@@ -497,14 +518,17 @@ class _Progress:
 
 # --------------------------------------------------------------------------------------------- the command
 
-def download(name: str, out, shards: int, workers: int = 4, mirror: str | None = None, start: int = 0, *,
+def download(name: str, out, shards: int | None, workers: int = 4, mirror: str | None = None, start: int = 0, *,
              policy: RetryPolicy | None = None, out_stream=None, progress_stream=None) -> Summary:
-    """Fetch train shards start..start+shards-1 of NAME (a named dataset or a URL template) into OUT."""
+    """Fetch train shards start..start+shards-1 of NAME (a named dataset or a URL template) into OUT,
+    or the pinned file NAME into OUT (default: its folder in the cache)."""
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
     policy = policy or RetryPolicy()
     print_out = out_stream or sys.stdout
-    out = Path(out)
+    if out is None and name not in PINNED:
+        raise UserError(f"{name}: say where the files go with --out DIR")
+    out = Path(out) if out is not None else cache_dir() / PINNED[name].folder
     jobs = plan(name, out, shards, start, mirror)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -512,11 +536,13 @@ def download(name: str, out, shards: int, workers: int = 4, mirror: str | None =
         raise UserError(f"--out {out}: cannot create the directory ({e.strerror})") from None
     val = next((j.path for j in jobs if j.role == "val"), None)
     train = [j.path.name for j in jobs if j.role == "train"]
-    span = train[0] if len(train) == 1 else f"{train[0]} .. {train[-1]}"
-    print(f"download {name}: {len(train)} train file(s) {span}" + (f" + validation {val.name}" if val else "")
+    span = f"{train[0]} .. {train[-1]}" if len(train) > 1 else "".join(train)
+    what = f"{len(train)} train file(s) {span}" if train else jobs[0].path.name
+    print(f"download {name}: {what}" + (f" + validation {val.name}" if val else "")
           + f" -> {out.resolve()} ({min(workers, len(jobs))} workers)", file=print_out, flush=True)
-    if name in DATASETS:
-        print(f"  {DATASETS[name].about}", file=print_out, flush=True)
+    about = DATASETS[name].about if name in DATASETS else PINNED[name].about if name in PINNED else None
+    if about:
+        print(f"  {about}", file=print_out, flush=True)
 
     token = next((os.environ[k] for k in TOKEN_ENV if os.environ.get(k)), None)
     progress = _Progress(len(jobs), progress_stream)

@@ -272,11 +272,15 @@ class GPT(nn.Module):
             logits = logits.masked_fill(pad, float("-inf"))
         return logits
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, logits_at: torch.Tensor | None = None):
         """(logits [B, T, padded_vocab], None) without targets (padded ids at -inf); with targets
         (None, mean fp32 cross-entropy over targets != -1): the logits are not kept for the caller,
-        so the loss can work through them in fp32 chunks."""
+        so the loss can work through them in fp32 chunks. With logits_at ([B, T] bool): (logits [N,
+        padded_vocab] of those positions only, None), so scoring a few tokens of long rows skips the
+        output layer elsewhere (HellaSwag)."""
         x = self._hidden(idx, None, self.training)
+        if logits_at is not None:
+            return self._logits(x[logits_at]), None
         if targets is None:
             return self._logits(x), None
         logits = self.lm_head(x).flatten(0, 1)  # in the compute dtype (bf16 under autocast)
