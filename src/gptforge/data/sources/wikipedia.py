@@ -280,8 +280,9 @@ def _ordered_map(tasks: Iterator, workers: int) -> Iterator[tuple[list[str], Cou
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-_REDIRECT_TEXT = re.compile(r"\s*#[^\s\[\]]+\s*:?\s*\[\[[^\]\n]+\]\]")
-_CHAR_REF = re.compile(r"&#(?:x([0-9a-fA-F]+)|([0-9]+));")
+# (no two quantifiers here can take the same characters: a hostile page cannot make them backtrack)
+_REDIRECT_TEXT = re.compile(r"\s*#[^\s\[\]]+\s*(?::\s*)?\[\[[^\]\n]+\]\]")
+_CHAR_REF = re.compile(r"&#(?:x([0-9a-fA-F]{1,8})|([0-9]{1,8}));")  # longer ones are no code point: left as text
 
 
 def clean_batch(batch: bytes, names: WikiNames) -> tuple[list[str], Counter]:
@@ -359,7 +360,7 @@ def _char(m: re.Match) -> str:
     return chr(code) if 0 < code < 0x110000 and not 0xD800 <= code < 0xE000 else "\ufffd"
 
 
-_NAMESPACE = re.compile(rb'<namespace key="(-?\d+)"[^>]*?(?:/>|>([^<]*)</namespace>)')
+_NAMESPACE = re.compile(rb'<namespace key="(-?\d+)"[^<>]*?(?:/>|>([^<]*)</namespace>)')
 
 
 def _names_from_header(head: bytes) -> WikiNames:
