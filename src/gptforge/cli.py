@@ -118,7 +118,8 @@ def _source_options(a):
 def _add_source_flags(p) -> None:
     p.add_argument("--text-column", default="text", help="parquet column / jsonl field with the text (default: text)")
     p.add_argument(
-        "--doc-separator", default=None, help=r"split .txt files into documents on this string, e.g. '\n\n\n'"
+        "--doc-separator", default=None,
+        help=r"split .txt files into documents on this string, e.g. '\n\n\n' (default: <|endoftext|>)"
     )
 
 
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="tokenize sources into shards + manifest (appends to an existing DATA_DIR)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="files, directories or globs: .parquet .txt .md .jsonl .xml[.bz2]")
+                   help="files, directories or globs: .parquet .txt .md .jsonl .json .xml[.bz2], wikiextractor's "
+                        "wiki_NN; text, jsonl and wiki_NN also as .gz .bz2 .zst")
     p.add_argument("--out", required=True, metavar="DATA_DIR")
     p.add_argument("--tokenizer", default=None, help="gpt2 (default), char, or a directory from `tokenizer train`")
     p.add_argument("--val-fraction", type=float, default=None,

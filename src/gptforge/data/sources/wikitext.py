@@ -27,7 +27,7 @@ from gptforge.data.sources.wikiscan import (
 )
 
 __all__ = ["DEFAULT_NAMES", "WikiNames", "clean", "drop_elements", "resolve_links", "strip_tables",
-           "strip_templates"]
+           "strip_templates", "unescape_entities"]
 
 # Namespace names used when a dump has no <siteinfo> (or to add to it): English canonical names
 # plus the local names of the largest wikis, so a headerless dump in those languages still loses
@@ -136,8 +136,15 @@ def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
     if "\n=" in text:
         text = _HEADING_LINE.sub(_heading, text)
     if "&" in text:
-        text = html.unescape(_OVERLONG_CHAR_REF.sub("\ufffd", text)).replace("\u00a0", " ")
+        text = unescape_entities(text).replace("\u00a0", " ")
     return _tidy(text)
+
+
+def unescape_entities(text: str) -> str:
+    """html.unescape, safe on any input (it raises on a character reference of 4,300 digits)."""
+    if "&" not in text:
+        return text
+    return html.unescape(_OVERLONG_CHAR_REF.sub("\ufffd", text))
 
 
 def _tidy(text: str) -> str:
