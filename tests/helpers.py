@@ -110,3 +110,23 @@ def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer
     if tokenizer is not None:
         tokenizer.save(run / "tokenizer")
     return run, model.eval()
+
+
+def many_pages_dump(n: int, seed: int = 0) -> bytes:
+    """A dump of n varied articles and redirects, about 1.5 KB of XML each (for multi-batch tests)."""
+    rng = random.Random(seed)
+    words = "star planet orbit light year galaxy moon comet dust cloud bright cold distant".split()
+    pages = []
+    for i in range(n):
+        if i % 5 == 4:
+            pages.append(f"<page><title>Redirect {i}</title><ns>0</ns><redirect title=\"Page {i - 1}\" />"
+                         f"<revision><text>#REDIRECT [[Page {i - 1}]]</text></revision></page>")
+            continue
+        prose = " ".join(rng.choice(words) for _ in range(200))
+        text = (
+            f"{{{{Infobox|n={i}}}}}'''Page {i}''' is about [[{rng.choice(words)}|{prose}]].&lt;ref&gt;{i}&lt;/ref&gt;\n"
+            f"== Section ==\n* item {i}\n[[Category:Numbers]]"
+        )
+        pages.append(f"<page><title>Page {i}</title><ns>0</ns><revision><text xml:space=\"preserve\">{text}"
+                     "</text></revision></page>")
+    return ("<mediawiki>\n" + "\n".join(pages) + "\n</mediawiki>\n").encode()

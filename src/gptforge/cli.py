@@ -173,8 +173,8 @@ def _number(p, flag: str, kind: type, allowed: str, help_text: str = "", **kwarg
 def _add_source_flags(p) -> None:
     p.add_argument("--text-column", default="text", help="parquet column / jsonl field with the text")
     p.add_argument("--doc-separator", default=None,
-                   help=r"split .txt files into documents on this text, taken as given except \n and \t, "
-                        r"e.g. '\n\n\n'")
+                   help=r"split .txt files into documents on this text (default: <|endoftext|>), taken as given "
+                        r"except \n and \t, e.g. '\n\n\n'")
 
 
 def _add_config_command(sub, name: str, func, help_text: str, add_flags=None):
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("prepare", help="tokenize sources into shards + manifest (appends to an existing DATA_DIR)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
-                   help="files, directories or globs: .parquet .txt .md .jsonl .xml[.bz2]")
+                   help="files, directories or globs: .parquet .txt .md .jsonl .json .xml[.bz2], wikiextractor's "
+                        "wiki_NN; text, jsonl and wiki_NN also as .gz .bz2 .zst")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="the dataset directory (created or appended to)")
     p.add_argument("--tokenizer", default=None, help="gpt2 (default), char, or a directory from `tokenizer train`")
     _number(p, "--val-fraction", float, "[0, 1)",

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -52,6 +53,8 @@ class Fake:
         self.ignore_range = False
         self.refuse_head = False
         self.slow: float = 0.0  # seconds between 4 KiB pieces
+        self.hide_length = False  # answer HEAD and GET without Content-Length (a close-delimited body)
+        self.release = threading.Event()  # a stalled answer waits for this
         self.log: list[dict] = []
         self.lock = threading.Lock()
 
@@ -123,20 +126,26 @@ class Handler(BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(body)}")
         length = action[1] if isinstance(action, tuple) and action[0] == "length" else len(piece)
-        self.send_header("Content-Length", str(length))
+        if not (fake.hide_length or isinstance(action, tuple) and action[0] == "no-length"):
+            self.send_header("Content-Length", str(length))
         for k, v in fake.headers[path].items():
             self.send_header(k, v)
         self.end_headers()
         if method == "HEAD":
             return
-        if isinstance(action, tuple) and action[0] == "drop":
-            piece = piece[: action[1]]  # then the connection closes short of Content-Length
+        if isinstance(action, tuple) and action[0] in ("drop", "no-length", "stall"):
+            piece = piece[: action[1]]  # then the connection closes (or stalls) short of the whole body
+        if isinstance(action, tuple) and action[0] == "more":
+            piece = piece + payload(action[1], seed=99)  # an endless body, as /dev/zero would send
         try:
             for i in range(0, len(piece), 4096):
                 self.wfile.write(piece[i:i + 4096])
                 if fake.slow:
                     self.wfile.flush()
                     time.sleep(fake.slow)
+            if isinstance(action, tuple) and action[0] == "stall":
+                self.wfile.flush()
+                fake.release.wait(60)
         except (BrokenPipeError, ConnectionResetError):
             pass
 
@@ -155,6 +164,7 @@ def servers():
 
     yield start
     for httpd in started:
+        httpd.fake.release.set()
         httpd.shutdown()
         httpd.server_close()
 
@@ -590,3 +600,114 @@ def test_progress_line_with_mb_per_second_on_a_terminal_only(server, tmp_path):
     plain = io.StringIO()
     run(base + "/f/s_{index}.bin", tmp_path / "again", progress_stream=plain)
     assert plain.getvalue() == ""
+
+
+# --------------------------------------------------------------------------------------------- hostile servers
+
+@pytest.mark.parametrize("target", ["file://{secret}", "ftp://127.0.0.1/x", "data:text/plain,hello", "gopher://h/x"])
+def test_redirect_to_anything_but_http_is_refused_and_nothing_is_written(server, tmp_path, target):
+    """A `302 Location: file:///etc/passwd` copied that file into --out, exit 0."""
+    fake, base = server
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0\n")
+    fake.redirects["/f/s_0.bin"] = target.format(secret=secret)
+    out = tmp_path / "out"
+    with pytest.raises(UserError) as e:
+        run(base + "/f/s_{index}.bin", out)
+    assert str(e.value) == (f"{base}/f/s_0.bin: the server redirects to {target.format(secret=secret)}; "
+                            "only http and https redirects are followed")
+    assert files_in(out) == set() and not (out / dl.RECORD).exists()
+
+
+def test_the_opener_itself_cannot_read_files(tmp_path):
+    (tmp_path / "x").write_text("secret")
+    with pytest.raises(urllib.error.URLError, match="unknown url type: file"):
+        dl._http_only_opener().open((tmp_path / "x").as_uri())
+
+
+def test_redirects_are_followed_a_few_hops_then_refused(server, tmp_path):
+    fake, base = server
+    body = payload(5000)
+    fake.files["/final/s_0.bin"] = body
+    for hop in range(dl.MAX_REDIRECTS):  # /f/s_0.bin -> /hop1 -> ... -> /final: MAX_REDIRECTS hops in all
+        fake.redirects["/f/s_0.bin" if hop == 0 else f"/hop{hop}"] = (
+            f"/hop{hop + 1}" if hop + 1 < dl.MAX_REDIRECTS else "/final/s_0.bin")
+    run(base + "/f/s_{index}.bin", tmp_path / "ok")
+    assert (tmp_path / "ok" / "s_0.bin").read_bytes() == body
+    fake.redirects["/loop"] = "/loop"
+    fake.redirects["/f/s_1.bin"] = "/loop"
+    with pytest.raises(UserError, match=rf"s_1.bin: more than {dl.MAX_REDIRECTS} redirects \(the last to "):
+        run(base + "/f/s_{index}.bin", tmp_path / "loop", start=1)
+    assert files_in(tmp_path / "loop") == set()
+
+
+def test_body_without_content_length_cut_short_is_not_complete(server, tmp_path):
+    """12,345 of 200,000 bytes, no Content-Length: it was renamed as complete."""
+    fake, base = server
+    body = payload(200_000)
+    fake.files["/f/s_0.bin"] = body
+    fake.script[("GET", "/f/s_0.bin")] = [("no-length", 12_345)]
+    run(base + "/f/s_{index}.bin", tmp_path)
+    # the size comes from a HEAD request; the rest is fetched from where the cut was
+    assert [(r["method"], r["range"]) for r in fake.log] == [("GET", None), ("HEAD", None), ("GET", "bytes=12345-")]
+    assert (tmp_path / "s_0.bin").read_bytes() == body
+    fake.script[("GET", "/f/s_1.bin")] = [("no-length", 12_345)] + [("drop", 0)] * 10  # then no progress
+    fake.files["/f/s_1.bin"] = body
+    with pytest.raises(UserError, match=r"s_1.bin: connection dropped after 12,345 of 200,000 bytes"):
+        run(base + "/f/s_{index}.bin", tmp_path, start=1)
+    assert files_in(tmp_path) == {"s_0.bin", ".s_1.bin.part"}
+
+
+def test_body_longer_than_announced_is_cut_off_and_never_kept(server, tmp_path):
+    """What a redirect to /dev/zero did, over http: more bytes than the size the server announced."""
+    fake, base = server
+    fake.files["/f/s_0.bin"] = payload(10_000)
+    fake.script[("GET", "/f/s_0.bin")] = [("more", 1_000_000)] * 2
+    fake.hide_length = True
+    fake.script[("HEAD", "/f/s_0.bin")] = []
+    fake.headers["/f/s_0.bin"] = {"X-Linked-Size": "10000"}
+    with pytest.raises(UserError) as e:
+        run(base + "/f/s_{index}.bin", tmp_path)
+    assert str(e.value) == (f"{base}/f/s_0.bin: wrong size: the server sends more than the 10,000 bytes it announced "
+                            "(fetched twice, wrong both times; nothing kept)")
+    assert files_in(tmp_path) == set()
+
+
+def test_without_any_size_or_checksum_the_bytes_are_taken_and_it_says_so(server, tmp_path):
+    fake, base = server
+    body = payload(30_000)
+    fake.files["/f/s_0.bin"] = body
+    fake.hide_length = True
+    err = io.StringIO()
+    run(base + "/f/s_{index}.bin", tmp_path, progress_stream=err)
+    assert (tmp_path / "s_0.bin").read_bytes() == body
+    assert ("announces neither size nor checksum; the 30,000 bytes received are taken as the whole file"
+            in err.getvalue())
+
+
+def test_ctrl_c_on_a_stalled_download_stops_within_two_seconds(server, tmp_path):
+    """It took 56 s: the workers waited in a socket read with a 60 s timeout."""
+    fake, base = server
+    body = payload(400_000)
+    fake.files["/f/s_0.bin"] = body
+    fake.script[("GET", "/f/s_0.bin")] = [("stall", 50_000)]
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gptforge", "download", base + "/f/s_{index}.bin", "--out", str(out), "--shards", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, preexec_fn=sigint_default,
+    )
+    part = out / ".s_0.bin.part"
+    deadline = time.monotonic() + 30
+    while not (part.exists() and part.stat().st_size >= 50_000) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # stalled now: no byte is coming
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    rc = proc.wait(timeout=30)
+    assert time.monotonic() - sent < 2.0
+    assert rc == 130 and proc.stderr.read().decode().strip() == "gptforge download: interrupted"
+    assert files_in(out) == {".s_0.bin.part"} and part.read_bytes() == body[:50_000]
+    fake.release.set()
+    run(base + "/f/s_{index}.bin", out)  # and it resumes
+    assert (out / "s_0.bin").read_bytes() == body

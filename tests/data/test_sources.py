@@ -51,7 +51,10 @@ def test_missing_unknown_and_empty_inputs(tmp_path):
     with pytest.raises(UserError, match=r"x.csv: unknown file type '.csv'"):
         expand_paths([str(tmp_path / "x.csv")])
     (tmp_path / "e").mkdir()
-    with pytest.raises(UserError, match="holds no files of a supported kind"):
+    with pytest.raises(UserError, match="e: the directory holds no files$"):
+        expand_paths([str(tmp_path / "e")])
+    (tmp_path / "e" / "x.csv").write_text("a,b")
+    with pytest.raises(UserError, match=r"e: the directory holds 1 file \(x.csv\), none of a supported kind"):
         expand_paths([str(tmp_path / "e")])
     with pytest.raises(UserError, match="matches no files"):
         expand_paths([str(tmp_path / "*.parquet")])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import bz2
-import random
 import re
 from pathlib import Path
 
@@ -14,7 +13,7 @@ from gptforge.data.sources import SourceOptions, open_sources
 from gptforge.data.sources.wikipedia import WikipediaSource
 from gptforge.errors import UserError
 
-from helpers import FIXTURES
+from helpers import FIXTURES, many_pages_dump
 
 WIKI = FIXTURES / "wiki"
 ALPHA = (
@@ -47,26 +46,6 @@ def bz2_reader(request, monkeypatch):
     elif wikipedia.indexed_bzip2 is None:
         pytest.skip("indexed_bzip2 is not installed")
     return request.param
-
-
-def many_pages_dump(n: int, seed: int = 0) -> bytes:
-    """A dump of n varied articles and redirects, about 1.5 KB of XML each (for multi-batch tests)."""
-    rng = random.Random(seed)
-    words = "star planet orbit light year galaxy moon comet dust cloud bright cold distant".split()
-    pages = []
-    for i in range(n):
-        if i % 5 == 4:
-            pages.append(f"<page><title>Redirect {i}</title><ns>0</ns><redirect title=\"Page {i - 1}\" />"
-                         f"<revision><text>#REDIRECT [[Page {i - 1}]]</text></revision></page>")
-            continue
-        prose = " ".join(rng.choice(words) for _ in range(200))
-        text = (
-            f"{{{{Infobox|n={i}}}}}'''Page {i}''' is about [[{rng.choice(words)}|{prose}]].&lt;ref&gt;{i}&lt;/ref&gt;\n"
-            f"== Section ==\n* item {i}\n[[Category:Numbers]]"
-        )
-        pages.append(f"<page><title>Page {i}</title><ns>0</ns><revision><text xml:space=\"preserve\">{text}"
-                     "</text></revision></page>")
-    return ("<mediawiki>\n" + "\n".join(pages) + "\n</mediawiki>\n").encode()
 
 
 def test_small_dump_articles_and_counts():

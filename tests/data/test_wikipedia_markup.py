@@ -72,6 +72,12 @@ from gptforge.data.sources.wikitext import WikiNames, clean, strip_tables, strip
             "Lincoln (February 12, 1809 1865) and Achilles (Akhilleus).",
         ),
         ("Sources:\n* {{cite book|title=X}}.\n* Real source.", "Sources:\nReal source."),
+        # a namespaced link closing a caption: "]]]]" is its end, then the image's
+        ("[[File:A.jpg|thumb|A [[Category:B]]]]Text [[a|[[b]]]].", "Text b."),
+        # unbalanced: an unclosed element loses its tag only, "</ref x>" closes nothing, stray closers go
+        ("A<ref>unclosed note\nB", "Aunclosed note\nB"),
+        ("x <ref>a</ref x> b</ref> c </math>", "x c"),
+        ("[[unclosed link and ]] stray", "unclosed link and stray"),
     ],
 )
 def test_clean(wikitext, expected):

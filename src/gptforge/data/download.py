@@ -2,8 +2,11 @@
 
 Each file is written to `DIR/.NAME.part` (a name every reader skips) and renamed to `DIR/NAME` only once its
 size matches what the server announced and its sha256 matches where one is known (Hugging Face gives the
-sha256 of LFS files in X-Linked-Etag). A dropped connection resumes with an HTTP Range request; 5xx and
-connection errors are retried with exponential backoff; 404 and other client errors are final at once.
+sha256 of LFS files in X-Linked-Etag); a body sent without Content-Length is measured against the size a
+HEAD request announces. A dropped connection resumes with an HTTP Range request; 5xx and connection errors
+are retried with exponential backoff; 404 and other client errors are final at once. Redirects are followed
+hop by hop, at most MAX_REDIRECTS, and only to http and https URLs (a `Location: file:///...` is refused).
+Transfers run on daemon threads: Ctrl-C returns at once, even while a connection is stalled.
 `DIR/.gptforge-download.json` records where each file came from, so two datasets whose files share names
 (FineWeb and FineWeb-Edu samples both use 000_00000.parquet) never overwrite each other silently.
 A pinned file (`gptforge download hellaswag`) is checked against its size, sha256 and git blob id known in
@@ -18,6 +21,7 @@ import hashlib
 import http.client
 import json
 import os
+import queue
 import random
 import shutil
 import socket
@@ -27,7 +31,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
@@ -71,6 +74,9 @@ DATASETS = {
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
 TOKEN_HOSTS = ("huggingface.co",)  # the token is sent only here and to the --mirror host
 RECORD = ".gptforge-download.json"
+MAX_REDIRECTS = 5  # Hugging Face needs one or two (a renamed repo, then its CDN)
+SCHEMES = ("http", "https")  # for the first URL and every redirect
+STOP_WAIT = 0.5  # seconds Ctrl-C waits for transfers to stop between chunks before returning anyway
 
 
 @dataclass
@@ -192,8 +198,18 @@ class _HttpStatus(UserError):
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args, **kwargs):  # redirects are followed by _open, hop by hop
+    def redirect_request(self, *args, **kwargs):  # redirects are followed by _Http.open, hop by hop
         return None
+
+
+def _http_only_opener() -> urllib.request.OpenerDirector:
+    """An opener that speaks HTTP(S) and nothing else: no file:, ftp: or data: handler to be redirected to."""
+    opener = urllib.request.OpenerDirector()
+    for handler in (urllib.request.ProxyHandler(), urllib.request.HTTPHandler(), urllib.request.HTTPSHandler(),
+                    urllib.request.HTTPDefaultErrorHandler(), urllib.request.HTTPErrorProcessor(), _NoRedirect(),
+                    urllib.request.UnknownHandler()):  # (this one refuses every other scheme)
+        opener.add_handler(handler)
+    return opener
 
 
 def _status_error(url: str, code: int, reason: str, headers) -> Exception:
@@ -215,7 +231,7 @@ class _Http:
         self.policy = policy
         self.token = token
         self.token_hosts = set(TOKEN_HOSTS) | ({urlsplit(mirror).netloc.lower()} if mirror else set())
-        self.opener = urllib.request.build_opener(_NoRedirect)
+        self.opener = _http_only_opener()
 
     def _auth(self, url: str) -> bool:
         parts = urlsplit(url)
@@ -225,7 +241,7 @@ class _Http:
     def open(self, method: str, url: str, headers: dict | None = None):
         """Follow redirects; returns (response, hops) where hops are the headers of each redirect answer."""
         hops, current = [], url
-        for _ in range(10):
+        for _ in range(MAX_REDIRECTS + 1):
             req = urllib.request.Request(
                 current, method=method, headers={"User-Agent": "gptforge-download", **(headers or {})}
             )
@@ -244,6 +260,10 @@ class _Http:
                     if method == "HEAD" and headers_seen.get("X-Linked-Size"):
                         return None, hops  # Hugging Face: the first hop holds size and sha256; CDNs often refuse HEAD
                     current = urljoin(current, location)
+                    target = urlsplit(current)
+                    if target.scheme not in SCHEMES or not target.netloc:
+                        raise UserError(f"{url}: the server redirects to {current[:200]}; only http and https "
+                                        "redirects are followed") from None
                     continue
                 raise _status_error(url, e.code, e.reason or "", headers_seen) from None
             except ssl.SSLCertVerificationError as e:
@@ -252,7 +272,7 @@ class _Http:
                 raise _Transient(f"cannot connect ({getattr(e.reason, 'strerror', None) or e.reason})") from None
             except (http.client.HTTPException, OSError) as e:
                 raise _Transient(f"connection failed ({type(e).__name__}: {e})") from None
-        raise UserError(f"{url}: more than 10 redirects")
+        raise UserError(f"{url}: more than {MAX_REDIRECTS} redirects (the last to {current[:200]})")
 
 
 def _meta(hops, response) -> tuple[int | None, str | None]:
@@ -315,23 +335,25 @@ class _Fetcher:
                 self.progress.say(f"{job.url}: {e}; fetching it again from the start")
 
     def probe(self, job: Job) -> tuple[int | None, str | None]:
-        def step():
-            try:
-                response, hops = self.http.open("HEAD", job.url)
-            except _HttpStatus as e:
-                if e.code not in (403, 405, 501):
-                    raise
-                # no HEAD here (presigned CDN links, some servers): a one-byte range tells the size as well
-                response, hops = self.http.open("GET", job.url, {"Range": "bytes=0-0"})
-            size, sha = _meta(hops, response)
-            if response is not None:
-                if response.status == 206:
-                    size = _content_range_total(response.headers.get("Content-Range"))[1] or size
-                elif size is None and (response.headers.get("Content-Length") or "").isdigit():
-                    size = int(response.headers["Content-Length"])
-                response.close()
-            return size, sha
-        return self._retrying(job, step)
+        """(size, sha256) the server announces for the file, without fetching it."""
+        return self._retrying(job, lambda: self._probe_once(job))
+
+    def _probe_once(self, job: Job) -> tuple[int | None, str | None]:
+        try:
+            response, hops = self.http.open("HEAD", job.url)
+        except _HttpStatus as e:
+            if e.code not in (403, 405, 501):
+                raise
+            # no HEAD here (presigned CDN links, some servers): a one-byte range tells the size as well
+            response, hops = self.http.open("GET", job.url, {"Range": "bytes=0-0"})
+        size, sha = _meta(hops, response)
+        if response is not None:
+            if response.status == 206:
+                size = _content_range_total(response.headers.get("Content-Range"))[1] or size
+            elif size is None and (response.headers.get("Content-Length") or "").isdigit():
+                size = int(response.headers["Content-Length"])
+            response.close()
+        return size, sha
 
     def fetch(self, job: Job) -> tuple[str, int]:
         """('fetched' | 'skipped', bytes received) for one file."""
@@ -384,8 +406,14 @@ class _Fetcher:
                 if announced is not None and size is not None and announced != size:
                     raise _Mismatch(f"wrong size: the server announced {announced:,} bytes but serves {size:,}")
             size = size if size is not None else (expected[0] if expected[0] is not None else linked_size)
+            if size is None:  # a body without Content-Length ends the same way whether whole or cut
+                try:
+                    probed = self._probe_once(job)
+                except _HttpStatus:  # no answer to HEAD either: nothing to measure the body against
+                    probed = (None, None)
+                size, sha = probed[0], sha or probed[1]
             self._check_space(job, size, offset)
-            digest = self._write(job, response if body else None, offset, received)
+            digest = self._write(job, response if body else None, offset, received, size)
         finally:
             response.close()
         got = job.part.stat().st_size
@@ -393,6 +421,9 @@ class _Fetcher:
             raise _Transient(f"connection dropped after {got:,} of {size:,} bytes")
         if size is not None and got != size:
             raise _Mismatch(f"wrong size: got {got:,} bytes, the server announced {size:,}")
+        if size is None and not sha:
+            self.progress.say(f"{job.url}: the server announces neither size nor checksum; the {got:,} bytes "
+                              "received are taken as the whole file")
         if sha and digest.hexdigest() != sha:
             said = "the pin says" if job.pinned else "the server announced"
             raise _Mismatch(f"sha256 mismatch: {said} {sha}, the bytes hash to {digest.hexdigest()}")
@@ -410,7 +441,7 @@ class _Fetcher:
             raise UserError(f"{job.url}: disk full: {job.path.name} needs {(size - offset) / 1e6:,.1f} MB more, "
                             f"{free / 1e6:,.1f} MB free in {job.path.parent}")
 
-    def _write(self, job: Job, response, offset: int, received: list):
+    def _write(self, job: Job, response, offset: int, received: list, size: int | None):
         digest = hashlib.sha256()
         try:
             f = open(job.part, "r+b" if offset else "wb")
@@ -435,6 +466,8 @@ class _Fetcher:
                     raise _Transient(f"connection {cause} after {done:,} bytes ({type(e).__name__})") from None
                 if not block:
                     break
+                if size is not None and done + len(block) > size:  # an endless body stops here
+                    raise _Mismatch(f"wrong size: the server sends more than the {size:,} bytes it announced")
                 try:
                     f.write(block)
                 except OSError as e:
@@ -550,37 +583,48 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     failed = threading.Event()  # a file failed: start no new file, let the running ones finish
     fetcher = _Fetcher(_Http(policy, mirror, token), policy, progress, stop, _Record(out))
     summary = Summary(val_file=val)
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    for index, job in enumerate(jobs):
+        todo.put((index, job))
+    errors: dict[int, BaseException] = {}  # by job index: the first in the plan's order is reported
 
-    def one(job: Job):
-        if failed.is_set() or stop.is_set():
-            raise _Stopped()
-        try:
-            outcome, n = fetcher.fetch(job)
-        except BaseException:
-            failed.set()  # before this worker takes the next job
-            raise
-        progress.file_done()
-        with progress.lock:
-            (summary.fetched if outcome == "fetched" else summary.skipped).append(job.path)
-            summary.bytes += n
+    def worker() -> None:
+        while not (failed.is_set() or stop.is_set()):
+            try:
+                index, job = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                outcome, n = fetcher.fetch(job)
+            except BaseException as e:
+                errors[index] = e
+                failed.set()  # before this worker takes the next job
+                return
+            progress.file_done()
+            with progress.lock:
+                (summary.fetched if outcome == "fetched" else summary.skipped).append(job.path)
+                summary.bytes += n
 
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="download") as pool:
-        futures = [pool.submit(one, job) for job in jobs]
-        try:
-            pending = set(futures)
-            while pending:  # a short timeout keeps Ctrl-C responsive in the main thread
-                pending = wait(pending, timeout=0.5)[1]
-        except KeyboardInterrupt:
-            stop.set()
-            progress.close()
-            raise
-        finally:
-            for f in futures:
-                f.cancel()
-        errors = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
+    # daemon threads: a transfer stalled in a read must not keep the process alive after Ctrl-C
+    threads = [threading.Thread(target=worker, name=f"download-{i}", daemon=True)
+               for i in range(min(workers, len(jobs)))]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            while t.is_alive():  # a short timeout keeps Ctrl-C responsive in the main thread
+                t.join(0.5)
+    except KeyboardInterrupt:
+        stop.set()
+        progress.close()
+        deadline = time.monotonic() + STOP_WAIT  # transfers that are moving stop between chunks
+        for t in threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        raise
+    errors_in_order = [errors[i] for i in sorted(errors)]
     progress.close()
     summary.seconds = time.monotonic() - progress.start
-    failures = [e for e in errors if not isinstance(e, _Stopped)]
+    failures = [e for e in errors_in_order if not isinstance(e, _Stopped)]
     if failures:
         first = failures[0]
         if not isinstance(first, UserError):

@@ -21,12 +21,11 @@ import codecs
 import re
 import sys
 from collections import Counter, deque
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Iterator
 
 from gptforge.data.sources.base import Source, SourceOptions
+from gptforge.data.sources.lifetimes import parallel_bz2, worker_pool
 from gptforge.data.sources.wikitext import DEFAULT_NAMES, WikiNames, clean
 from gptforge.errors import UserError
 from gptforge.fsutil import usable_cores
@@ -202,19 +201,14 @@ class WikipediaSource(Source):
 
 
 def _parallel_bz2(path: Path, threads: int) -> Iterator[bytes]:
-    reader = indexed_bzip2.open(str(path), parallelization=threads)
+    chunks = parallel_bz2(path, threads, read_bytes=1 << 18)  # a failing read returns nothing: keep them small
     try:
-        while True:
-            try:
-                chunk = reader.read(1 << 18)  # a failing read returns nothing: keep them small
-            except (RuntimeError, ValueError, OSError, EOFError):
-                # indexed_bzip2 reports both a cut and a bit flip this way, without detail
-                raise DamagedDump("the bzip2 data is truncated or corrupt", trusted=True) from None
-            if not chunk:
-                return
-            yield chunk
+        yield from chunks
+    except (RuntimeError, ValueError, OSError, EOFError):
+        # indexed_bzip2 reports both a cut and a bit flip this way, without detail
+        raise DamagedDump("the bzip2 data is truncated or corrupt", trusted=True) from None
     finally:
-        reader.close()  # its threads must be joined, or interpreter exit aborts
+        chunks.close()
 
 
 def _stdlib_bz2(f) -> Iterator[bytes]:
@@ -260,9 +254,7 @@ def _ordered_map(tasks: Iterator, workers: int) -> Iterator[tuple[list[str], Cou
         for task in tasks:
             yield clean_batch(*task)
         return
-    # forkserver: forking a process that runs threads (decompression, tokenizers) is unsafe
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("forkserver"))
-    try:
+    with worker_pool(workers) as pool:
         window = deque([pool.submit(clean_batch, *first), pool.submit(clean_batch, *second)])
         damage = None
         try:
@@ -276,12 +268,11 @@ def _ordered_map(tasks: Iterator, workers: int) -> Iterator[tuple[list[str], Cou
             yield window.popleft().result()
         if damage is not None:
             raise damage
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
-_REDIRECT_TEXT = re.compile(r"\s*#[^\s\[\]]+\s*:?\s*\[\[[^\]\n]+\]\]")
-_CHAR_REF = re.compile(r"&#(?:x([0-9a-fA-F]+)|([0-9]+));")
+# (no two quantifiers here can take the same characters: a hostile page cannot make them backtrack)
+_REDIRECT_TEXT = re.compile(r"\s*#[^\s\[\]]+\s*(?::\s*)?\[\[[^\]\n]+\]\]")
+_CHAR_REF = re.compile(r"&#(?:x([0-9a-fA-F]{1,8})|([0-9]{1,8}));")  # longer ones are no code point: left as text
 
 
 def clean_batch(batch: bytes, names: WikiNames) -> tuple[list[str], Counter]:
@@ -359,7 +350,7 @@ def _char(m: re.Match) -> str:
     return chr(code) if 0 < code < 0x110000 and not 0xD800 <= code < 0xE000 else "\ufffd"
 
 
-_NAMESPACE = re.compile(rb'<namespace key="(-?\d+)"[^>]*?(?:/>|>([^<]*)</namespace>)')
+_NAMESPACE = re.compile(rb'<namespace key="(-?\d+)"[^<>]*?(?:/>|>([^<]*)</namespace>)')
 
 
 def _names_from_header(head: bytes) -> WikiNames:

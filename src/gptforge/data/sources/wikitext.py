@@ -5,8 +5,10 @@ references, files/images with their captions, categories, interlanguage links, H
 code/math blocks, magic words, bold/italic quotes and external-link brackets. Internal links keep
 their label, section titles and list items stay as plain lines, HTML entities are decoded.
 
-Speed comes from doing almost every step as one C-level regex pass over the whole article; the
-only Python loops run over template/table delimiters and links, never over characters or lines.
+Time is linear in the article whatever it holds (a dump is written by strangers): every regex here
+has no nested or overlapping quantifiers, and what nests or pairs up (elements, templates, tables,
+links) is matched in one pass by wikiscan. Most steps are one C-level regex pass over the whole
+article; the Python loops run over delimiters, links and heading lines, never over characters.
 """
 
 from __future__ import annotations
@@ -14,6 +16,18 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+
+from gptforge.data.sources.wikiscan import (
+    DROPPED_ELEMENTS,
+    drop_elements,
+    resolve_links,
+    strip_external_links,
+    strip_tables,
+    strip_templates,
+)
+
+__all__ = ["DEFAULT_NAMES", "WikiNames", "clean", "drop_elements", "resolve_links", "strip_tables",
+           "strip_templates", "unescape_entities"]
 
 # Namespace names used when a dump has no <siteinfo> (or to add to it): English canonical names
 # plus the local names of the largest wikis, so a headerless dump in those languages still loses
@@ -58,33 +72,19 @@ class WikiNames:
 
 DEFAULT_NAMES = WikiNames()
 
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-# Elements dropped with everything inside: footnotes, formulas, code, galleries, transclusion-only parts.
-_DROPPED_ELEMENTS = re.compile(
-    r"<(ref|references|math|chem|ce|gallery|timeline|graph|score|imagemap|syntaxhighlight|source|pre|"
-    r"templatedata|templatestyles|noinclude|includeonly|hiero|inputbox|categorytree|mapframe|maplink|"
-    r"table|indicator)\b[^>]*?(?:/>|>.*?</\1\s*>)",
-    re.S | re.I,
-)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)  # each match ends where its scan ends: linear
 # Tags stripped while their content stays (a generic "<...>" would eat prose like "x < y > z").
+# A tag holds no "<": so a scan from one "<" never passes the next.
 _KEPT_TAGS = re.compile(
     r"</?(?:b|i|u|s|em|strong|small|big|sup|sub|span|div|font|center|code|tt|var|kbd|samp|abbr|cite|"
     r"blockquote|poem|nowiki|p|q|dfn|del|ins|strike|mark|bdi|bdo|ruby|rb|rt|rp|ol|ul|li|dl|dt|dd|"
-    r"onlyinclude|section|caption|h[1-6]|hr|wbr|time|data|ref|references|math|gallery|table|tr|td|th|"
-    r"tbody|thead|tfoot|includeonly|noinclude)\b[^>]*>",
+    r"onlyinclude|section|caption|h[1-6]|hr|wbr|time|data|tr|td|th|tbody|thead|tfoot|"
+    rf"{DROPPED_ELEMENTS})\b[^<>]*>",  # (what is left of those: tags never closed or never opened)
     re.I,
 )
-_LINE_BREAK_TAG = re.compile(r"<br\b[^>]*>", re.I)
+_LINE_BREAK_TAG = re.compile(r"<br\b[^<>]*>", re.I)
 # Line-start patterns are written "\n..." (clean() keeps the text starting with "\n"): a literal
 # first character lets the regex engine skip ahead, several times faster than "^" with re.M.
-_BRACE_RUN = re.compile(r"\{\{+|\}\}+")
-_TABLE_EDGE = re.compile(r"\n[ \t:]*\{\||\n[ \t]*\|\}")
-_EXTERNAL_LINK = re.compile(
-    r"\[(?:https?:|ftp:|//|mailto:|news:|irc:|ircs:|gopher:|sftp:)[^\s\]]*(?:[ \t]+([^\]\n]*))?\]", re.I
-)
-# a link holding no other link: single brackets may appear inside (a caption's "[above]"),
-# and in "]]]" the last two close the link
-_INNERMOST_LINK = re.compile(r"\[\[([^\[\]]*(?:(?:\[(?!\[)|\](?!\])|\](?=\]\]))[^\[\]]*)*)\]\]")
 # A line made only of namespaced links (categories, interlanguage links, images) is never prose,
 # whatever the wiki calls those namespaces.
 _NS_LINK = r"\[\[[^\[\]|:\n]+:[^\[\]\n]*\]\]"
@@ -94,7 +94,9 @@ _MEDIA_FILE = re.compile(
     r"\.(?:jpe?g|png|gif|svg|tiff?|webp|xcf|ogg|oga|ogv|webm|mp3|mp4|wav|flac|mid|midi|pdf|djvu|stl)\s*$", re.I
 )
 _MAGIC_WORD = re.compile(r"__(?:[^\W\da-z_]|_(?!_))+__")
-_HEADING = re.compile(r"\n(={1,6})[ \t]*([^\n]+?)[ \t]*\1[ \t]*(?=\n)")
+_HEADING_LINE = re.compile(r"\n=[^\n]*")
+# A numeric character reference too long to be a code point (html.unescape would fail on 4,300 digits).
+_OVERLONG_CHAR_REF = re.compile(r"&#(?:[xX][0-9a-fA-F]{7,}|[0-9]{8,});?")
 _LIST_MARKER = re.compile(r"\n[*#:;]+ *")
 # Table/template residue lines (what a half-closed table leaves) and horizontal rules.
 _RESIDUE_LINE = re.compile(r"\n(?:\||!(?=[^\n]*(?:!!|\|))|\{\||\}\}|-{4,})[^\n]*")
@@ -115,15 +117,15 @@ def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
     if "<" in text:
         if "<!--" in text:
             text = _COMMENT.sub("", text)
-        text = _DROPPED_ELEMENTS.sub("", text)
+        text = drop_elements(text)
     if "{" in text:
         text = strip_templates(text)
         if "{|" in text:
             text = strip_tables(text)
     if "[" in text:
         text = _LINK_ONLY_LINE.sub("", text)
-        text = resolve_links(text, names)  # first: an external link's label may hold internal links
-        text = _EXTERNAL_LINK.sub(_external_label, text)
+        text = resolve_links(text, _link_text_for(names))  # first: an external link's
+        text = strip_external_links(text)  # label may hold internal links
     if "<" in text:
         text = _LINE_BREAK_TAG.sub("\n", text)
         text = _KEPT_TAGS.sub("", text)
@@ -131,9 +133,22 @@ def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
         text = text.replace("'''", "").replace("''", "")  # bold, italic (five quotes: both)
     if "__" in text:
         text = _MAGIC_WORD.sub("", text)
-    text = _HEADING.sub("\n" + _HEADING_MARK + r"\2", text)
+    if "\n=" in text:
+        text = _HEADING_LINE.sub(_heading, text)
     if "&" in text:
-        text = html.unescape(text).replace("\u00a0", " ")
+        text = unescape_entities(text).replace("\u00a0", " ")
+    return _tidy(text)
+
+
+def unescape_entities(text: str) -> str:
+    """html.unescape, safe on any input (it raises on a character reference of 4,300 digits)."""
+    if "&" not in text:
+        return text
+    return html.unescape(_OVERLONG_CHAR_REF.sub("\ufffd", text))
+
+
+def _tidy(text: str) -> str:
+    """Blank and junk lines, spaces and empty parentheses that the removed markup left behind."""
     text = text.replace("\t", " ")
     text = _SPACES.sub(" ", text)
     if "(" in text:
@@ -148,95 +163,35 @@ def clean(text: str, names: WikiNames = DEFAULT_NAMES) -> str:
     text = _SPACE_BEFORE_PUNCT.sub(r"\1", text)
     text = _BLANK_LINES.sub("\n\n", text).strip()
     # "References", "External links", ...: nothing is left under the closing headings
-    while text:
-        last_line = text.rfind("\n") + 1
+    end = len(text)
+    while end:
+        last_line = text.rfind("\n", 0, end) + 1
         if text[last_line:last_line + 1] != _HEADING_MARK:
             break
-        text = text[:last_line].rstrip()
-    return text.replace(_HEADING_MARK, "")
+        end = last_line
+        while end and text[end - 1].isspace():
+            end -= 1
+    return text[:end].replace(_HEADING_MARK, "")
 
 
-def strip_templates(text: str) -> str:
-    """Remove templates, parser functions and template parameters, however nested.
-
-    Braces are matched the way MediaWiki's preprocessor does, before anything else: a run of
-    braces counts its braces, so {{{1}}} and {{a|{{b}}}} both balance, and "|}}" closes a
-    template even inside a table. A template never closed is cut to the end of its line.
-    """
-    return _cut_balanced(text, _BRACE_RUN, unit=2, open_ends_at="\n")
-
-
-def strip_tables(text: str) -> str:
-    """Remove {| ... |} tables (after templates, which may have opened or closed some).
-
-    A table never closed is cut to the next blank line.
-    """
-    return _cut_balanced(text, _TABLE_EDGE, unit=1, open_ends_at="\n\n")
+def _heading(m: re.Match) -> str:
+    """"== Title ==" -> the marked title. Levels 1-6; the same number of "=" on both sides; a title
+    that is not there ("= " followed by spaces) leaves the line as it is."""
+    line = m.group()[1:].rstrip(" \t")
+    level = min(len(line) - len(line.lstrip("=")), 6, len(line) - len(line.rstrip("=")), (len(line) - 1) // 2)
+    if level < 1:
+        return m.group()
+    return "\n" + _HEADING_MARK + line[level:len(line) - level].strip(" \t")
 
 
-def _cut_balanced(text: str, tokens_re: re.Pattern, unit: int, open_ends_at: str) -> str:
-    """Cut every outermost balanced span delimited by `tokens_re` out of text.
+def _link_text_for(names: WikiNames):
+    """What an internal link shows (its label; files, categories and interlanguage links show nothing),
+    as a function of the link's inside or of a match whose group 1 it is (one call per link: they are many)."""
 
-    A brace run of n is worth n and closes in steps of at least 2 (unit=2): an opener left
-    with a single brace is done. A table edge is worth 1 (unit=1).
-    """
-    tokens = []
-    for m in tokens_re.finditer(text):
-        tok = m.group().strip(" \t:\n")
-        opener = tok[0] == "{" and (unit == 2 or tok[1] == "|")
-        size = len(tok) if unit == 2 else 1
-        tokens.append((m.start(), m.end(), size if opener else -size))
-    pieces: list[str] = []
-    kept_from = 0
-    i = 0
-    while i < len(tokens):
-        stack: list[list[int]] = []  # [units still open, index of the opening token]
-        while i < len(tokens):
-            start, end, size = tokens[i]
-            i += 1
-            if start < kept_from:
-                continue
-            if size > 0:
-                stack.append([size, i - 1])
-                continue
-            closing = -size
-            closed = 0
-            while closing >= unit and stack:
-                used = min(stack[-1][0], closing)
-                stack[-1][0] -= used
-                closing -= used
-                closed += used
-                if stack[-1][0] < unit:
-                    opened = stack.pop()
-                    if not stack:
-                        pieces.append(text[kept_from:tokens[opened[1]][0]])
-                        # braces left over after the outermost closes are plain text
-                        kept_from = end if closing == 0 else end - closing
-                        break
-        if not stack:
-            break
-        # the outermost opener never closed: cut it short, then scan what follows afresh
-        first = stack[0][1]
-        open_start = tokens[first][0]
-        cut_end = text.find(open_ends_at, open_start)
-        pieces.append(text[kept_from:open_start])
-        kept_from = len(text) if cut_end < 0 else cut_end
-        i = first + 1
-    pieces.append(text[kept_from:])
-    return "".join(pieces)
-
-
-def _external_label(m: re.Match) -> str:
-    return m.group(1) or ""
-
-
-def resolve_links(text: str, names: WikiNames) -> str:
-    """Internal links become their label; files, categories and interlanguage links disappear.
-
-    Innermost links first, so a caption's links are resolved before its image link is dropped.
-    """
-    def replace(m: re.Match) -> str:
-        target, bar, label = m.group(1).partition("|")
+    def link_text(inside: str | re.Match) -> str:
+        if not isinstance(inside, str):
+            inside = inside.group(1)
+        target, bar, label = inside.partition("|")
         target = target.strip()
         if target.startswith(":"):  # [[:Category:X]] is an inline link, shown as written
             return label if bar and label else target[1:]
@@ -249,21 +204,17 @@ def resolve_links(text: str, names: WikiNames) -> str:
             if _LANGUAGE_CODE.fullmatch(p) or _MEDIA_FILE.search(target):
                 return ""
         if bar:
-            if label:
-                return label
-            return _pipe_trick(target)
+            return label or _pipe_trick(target)
         return target
 
-    for _ in range(8):  # nesting depth bound: file captions rarely nest links more than twice
-        new = _INNERMOST_LINK.sub(replace, text)
-        if new == text:
-            break
-        text = new
-    return text
+    return link_text
 
 
 def _pipe_trick(target: str) -> str:
     """[[Paris (France)|]] shows "Paris", [[Help:Contents|]] shows "Contents"."""
-    shown = target.split(":", 1)[-1]
-    shown = re.sub(r"\s*\([^()]*\)\s*$", "", shown)
+    shown = target.split(":", 1)[-1].rstrip()
+    if shown.endswith(")"):  # a last "(...)" without parentheses inside goes, with the blanks before it
+        opening = shown.rfind("(")
+        if opening >= 0 and ")" not in shown[opening:-1]:
+            shown = shown[:opening]
     return shown.split(",", 1)[0].strip()
