@@ -23,6 +23,8 @@ from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
 
+from helpers import nanogpt_char_folder
+
 # ---- a copy of nanoGPT's model (karpathy/nanoGPT model.py), trimmed to what matters here ----------
 
 class NanoLayerNorm(nn.Module):
@@ -172,16 +174,7 @@ def char_folder(root):
     rng = random.Random(0)
     words = ["the king", "my lord", "a rose", "sweet night", "fair queen", "good sir"]
     text = "\n".join(f"{rng.choice(words)} and {rng.choice(words)}!" for _ in range(600))
-    chars = sorted(set(text))
-    stoi, itos = {c: i for i, c in enumerate(chars)}, {i: c for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    cut = int(len(ids) * 0.9)
-    root.mkdir(parents=True)
-    ids[:cut].tofile(root / "train.bin")
-    ids[cut:].tofile(root / "val.bin")
-    with open(root / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
-    return root, ids[:cut], len(chars)
+    return nanogpt_char_folder(root, text)
 
 
 def batch(ids, it):
