@@ -156,3 +156,14 @@ def test_cli_reports_a_bad_gpu_in_one_line(capsys):
     assert main(["plan", "--gpu", "Voodoo2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("gptforge plan: error: --gpu 'Voodoo2': unknown GPU") and "\n" not in err
+
+
+def test_only_sizes_of_the_model_are_claims(tmp_path):
+    from gptforge.analysis.plan.sizing import claimed_sizes
+
+    comments = ["# config for training GPT-2 (124M) on FineWeb 10B", "# these make the total batch size be ~0.5M",
+                "# this makes total number of tokens be 300B", "# a 1.5B params model", "# gpt2-xl 1.5B",
+                "n_embd = 768  # the 350M-parameter GPT", "# 10B tokens of FineWeb-Edu, 2M batch", "# 7B model"]
+    path = tmp_path / "c.toml"
+    path.write_text("\n".join(comments) + "\n", encoding="utf-8")
+    assert claimed_sizes(path) == [(1, 124e6), (4, 1.5e9), (5, 1.5e9), (6, 350e6), (8, 7e9)]

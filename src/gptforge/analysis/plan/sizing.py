@@ -282,14 +282,20 @@ def _seconds(total_flops: float, gpu: Gpu, mfu: float, processes: int) -> float 
     return total_flops / (gpu.peak_flops * mfu * processes)
 
 
-PARAM_CLAIM = re.compile(r"(\d+(?:\.\d+)?)\s*([MB])\b")
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([MB])\b")
+# a size is a claim about the model when parameters or the model follow it ("124M model", "1.5B params",
+# "a 350M-parameter GPT") or a model's name comes just before it ("GPT-2 (124M)", "gpt2-xl 1.5B"); sizes of
+# tokens, batches or datasets ("FineWeb 10B", "~0.5M" tokens per batch, "300B") are not
+PARAMS_AFTER = re.compile(r"[\s-]*(?:param|parameter|model|weights|gpt|llm)", re.IGNORECASE)
+MODEL_BEFORE = re.compile(r"(?:gpt-?\d*(?:-\w+)?|llama\S*|model)\s*[(\[]?\s*$", re.IGNORECASE)
 
 
 def claimed_sizes(config_path: str | Path) -> list[tuple[int, float]]:
-    """(line, parameters) for each size a comment of the config file claims, e.g. '# the 125M model'."""
+    """(line, parameters) for each model size a comment of the config file claims, e.g. '# the 125M model'."""
     claims = []
     for number, line in enumerate(Path(config_path).read_text(encoding="utf-8").splitlines(), start=1):
         comment = line.partition("#")[2]
-        for value, unit in PARAM_CLAIM.findall(comment):
-            claims.append((number, float(value) * (1e6 if unit == "M" else 1e9)))
+        for m in SIZE.finditer(comment):
+            if PARAMS_AFTER.match(comment, m.end()) or MODEL_BEFORE.search(comment[:m.start()]):
+                claims.append((number, float(m.group(1)) * (1e6 if m.group(2) == "M" else 1e9)))
     return claims
