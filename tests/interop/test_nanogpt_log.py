@@ -120,7 +120,7 @@ def test_plot_draws_a_nanogpt_log_beside_a_gptforge_run(real_log, tmp_path):
     from gptforge.analysis.plot import draw
 
     run_dir = runs.overfitting(tmp_path / "gptforge-run")
-    out = plot_command([real_log, run_dir], tmp_path / "both.png")
+    out = plot_command([real_log, run_dir / "metrics.jsonl"], tmp_path / "both.png")  # the file means its run
     assert out.read_bytes()[:4] == b"\x89PNG"
     fig = draw([open_log(real_log)[0], read_run(run_dir)])
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gptforge.analysis.runlog import RunLog, fold, read_run
+from gptforge.analysis.runlog import METRICS, RunLog, fold, read_run
 from gptforge.errors import UserError
 from gptforge.interop.nanogpt_log import NanoLog, read_nanogpt_log
 
@@ -30,9 +30,15 @@ def open_log(path: Path, config=None, data=None, gpu=None) -> tuple[RunLog, Nano
     return run, log
 
 
+def _run_path(path) -> Path:
+    """RUN_DIR/metrics.jsonl named directly means its run directory; any other file is a nanoGPT log."""
+    path = Path(path)
+    return path.parent if path.is_file() and path.name == METRICS else path
+
+
 def open_run(path) -> RunLog:
     """A RUN_DIR or a nanoGPT log file, for plot."""
-    path = Path(path)
+    path = _run_path(path)
     return open_log(path)[0] if path.is_file() else read_run(path)
 
 
@@ -41,7 +47,7 @@ def diagnose_command(path, data=None, config=None, gpu=None, out=None):
     from gptforge.analysis.diagnose.report import diagnose_command as diagnose_run_dir
     from gptforge.analysis.diagnose.report import write_diagnosis
 
-    path = Path(path)
+    path = _run_path(path)
     if path.is_dir():
         if config or gpu:
             raise UserError(f"--config and --gpu are for a nanoGPT log; {path} is a run directory, whose config.toml "
