@@ -5,6 +5,7 @@ import math
 import re
 import shutil
 
+import numpy as np
 import pytest
 
 from gptforge.analysis.runlog import read_run
@@ -166,3 +167,33 @@ def test_launches_and_resume(tmp_path):
     assert [(e.step, e.loss) for e in run.logs] == [(1, 5.0), (11, 4.0), (21, 3.6)]
     assert [s.resumed_from for s in run.starts] == [None, 20]
     assert run.time_includes[21] == "the start-up and the eval at step 20"
+
+
+def test_an_overfitting_nanogpt_run_gets_the_same_findings_as_a_gptforge_one(tmp_path):
+    """nanoGPT's shakespeare-char recipe as its log would read (PERFORMANCE.md: best val near step 1750, then
+    rising): overfitting at the best step, the epochs over train.bin, found next to the log."""
+    folder = tmp_path / "data" / "shakespeare_char"
+    folder.mkdir(parents=True)
+    np.zeros(1_003_854, dtype=np.uint16).tofile(folder / "train.bin")
+    np.zeros(111_540, dtype=np.uint16).tofile(folder / "val.bin")
+    lines = ["Overriding config with config/train_shakespeare_char.py:",
+             *(FIXTURES / "nanogpt" / "train_shakespeare_char.py").read_text().splitlines(), "",
+             "tokens per iteration will be: 16,384", "found vocab_size = 65 (inside data/shakespeare_char/meta.pkl)",
+             "Initializing a new model from scratch", "number of parameters: 10.65M"]
+    for i in range(0, 5001):
+        if i % 250 == 0:
+            train = 0.95 + 3.2 * math.exp(-i / 300) - 0.04 * i / 1000
+            val = 1.40 + 2.8 * math.exp(-i / 300) + 6e-5 * max(0, i - 1750)
+            lines += [f"step {i}: train loss {train:.4f}, val loss {val:.4f}"]
+        if i % 10 == 0:
+            loss = 0.95 + 3.2 * math.exp(-i / 300) - 0.04 * i / 1000 + 0.03 * math.sin(i)
+            lines.append(f"iter {i}: loss {loss:.4f}, time {13.4 if i % 250 else 900.0:.2f}ms, mfu 5.00%")
+    (tmp_path / "sc.log").write_text("\n".join(lines) + "\n")
+    d = diagnose_command(tmp_path / "sc.log")
+    f = d.facts
+    assert d.kinds()[0] == "overfitting" and f.val_min_step == 1750
+    assert f.epochs == pytest.approx(5001 * 16384 / 1_003_854) and f.dataset_train_tokens == 1_003_854
+    top = d.findings[0]
+    assert top.advice[0].startswith("use the best checkpoint (step 1,750)")
+    assert any("81.6 epochs over 1.00M train tokens" in e for e in top.evidence)
+    assert f.step_ms == pytest.approx(13.4) and f.throughput.cv < 0.01  # the eval iterations left out
