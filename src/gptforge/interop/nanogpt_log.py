@@ -282,8 +282,7 @@ def read_nanogpt_log(path, config=None, data=None, peak_flops: float | None = No
         notes.append("settings neither nanoGPT's train.py nor gptforge knows: " + ", ".join(mapped.unknown))
     dataset = _find_data(path, data, last, settings, notes)
     vocab = last.vocab or (dataset.vocab_size if dataset else None) or 50304  # nanoGPT's default: GPT-2's, padded
-    values = {k: v for k, v in mapped.values.items() if k not in ("init_from",)}
-    cfg = build_config({**values, "vocab_size": vocab}, where=str(path))
+    cfg = build_config({**mapped.values, "vocab_size": vocab}, where=str(path))
     params = sum(last.tensor_params) if len(last.tensor_params) == 2 else nanogpt_params(settings, vocab)
     world = world_size(last, settings, params)
     if world > 1:
