@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import pickle
 import random
 import signal
 from pathlib import Path
@@ -40,6 +41,23 @@ def make_char_data(directory: Path, text: str | None = None, name: str = "corpus
     out = directory / "data"
     prepare([str(src)], out, tokenizer="char", val_fraction=0.1, split="tail")
     return out
+
+
+def nanogpt_char_folder(folder: Path, text: str):
+    """nanoGPT's data/shakespeare_char/prepare.py: sorted characters, the first 90% train, uint16 train.bin and
+    val.bin without a header, meta.pkl. Returns (folder, the train ids, the vocabulary size)."""
+    import numpy as np
+
+    chars = sorted(set(text))
+    stoi, itos = {c: i for i, c in enumerate(chars)}, {i: c for i, c in enumerate(chars)}
+    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+    cut = int(len(ids) * 0.9)
+    folder.mkdir(parents=True)
+    ids[:cut].tofile(folder / "train.bin")
+    ids[cut:].tofile(folder / "val.bin")
+    with open(folder / "meta.pkl", "wb") as f:
+        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
+    return folder, ids[:cut], len(chars)
 
 
 def tiny_config(data: Path, out: Path, **overrides):

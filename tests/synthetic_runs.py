@@ -32,11 +32,13 @@ def write_run(
     mfu: float | None = None,
     seed: int = 0,
     grow: dict | None = None,
+    val_parts=None,
 ) -> Path:
     """Events as gptforge train writes them; train(step)/val(step) give the noiseless curves, `spikes`
     maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops.
     `grow` = {step, train_tokens, val_tokens}: the first launch ends at that step and a resume on the
-    grown dataset (version 2) continues, as `gptforge prepare part2` + `--init_from=resume` do."""
+    grown dataset (version 2) continues, as `gptforge prepare part2` + `--init_from=resume` do. `val_parts(step)`
+    gives the eval's val loss per dataset part ({name: loss}, or None), logged as the eval's `val_parts`."""
     rng = random.Random(seed)
     cfg = build_config(config)
     m, tc = cfg.model, cfg.train
@@ -57,10 +59,12 @@ def write_run(
         tokens = step * tokens_per_iter
         epoch = tokens / dataset_train_tokens
         if step % tc.eval_interval == 0 or step == max_iters:
+            parts = val_parts(step) if val_parts else None
+            extra = {"val_parts": {k: v + rng.gauss(0, eval_noise) for k, v in parts.items()}} if parts else {}
             events.append(Eval(step=step, time=step * 0.1, tokens=tokens, epoch=epoch,
                                train_loss=train(step) + rng.gauss(0, eval_noise),
                                val_loss=val(step) + rng.gauss(0, eval_noise), val_ppl=math.exp(min(val(step), 700)),
-                               eval_batches=tc.eval_iters, seconds=1.0))
+                               eval_batches=tc.eval_iters, seconds=1.0, extra=extra))
             if step and step < max_iters:
                 events.append(Checkpoint(step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
         if grow and step == grow["step"]:
@@ -179,16 +183,67 @@ def diverged(run_dir: Path) -> Path:
                      nan_from=1200, stop_at=1205, end_reason="nan")
 
 
-def grown(run_dir: Path, after: str) -> Path:
+def grown(run_dir: Path, after: str, *, parts: bool = False, val_tokens: int = 30_000_000,
+          skip_spikes: bool = False) -> Path:
     """The ~40M model of data_limited on its 300M-token shard: plateaued by step 6,000 (10 epochs), the data
-    grows tenfold at step 8,000 (with a resume), then the val loss falls 0.2 ("helped") or stays ("flat")."""
+    grows tenfold at step 8,000 (with a resume), then:
+    - "helped": the val loss falls 0.2; "flat": it stays;
+    - "val_rises": the new text (another kind) lifts the train loss 0.5, which then falls, while the val loss of
+      the old text rises 0.15 (with val_tokens unchanged, the issue's Wikipedia part that got no val);
+    - "level_shift": like val_rises, and the spike guard reports 39 spikes in a row at steps 8,000-8,038.
+    `parts`: evals also log val per part, fineweb (the old data) and, after the growth, wikipedia (new:
+    falling 6.50 -> 5.62 when "helped", flat at 5.6 otherwise)."""
     cfg = dict(SMALL_40M, batch_size=16, gradient_accumulation_steps=32, max_iters=14000, warmup_iters=700,
-               eval_interval=500, eval_iters=200, log_interval=50, learning_rate=6e-4, min_lr=6e-4, schedule="constant")
+               eval_interval=500, eval_iters=200, log_interval=50, learning_rate=6e-4, min_lr=6e-4, schedule="constant",
+               skip_spikes=skip_spikes)
+    shifted = after in ("val_rises", "level_shift")
+
+    def since(s, scale):
+        return 1 - math.exp(-(s - 8000) / scale) if s > 8000 else 0.0
 
     def curve(s):
-        fresh = 0.2 * (1 - math.exp(-(s - 8000) / 1500)) if after == "helped" and s > 8000 else 0.0
-        return 3.65 + 7.0 * math.exp(-s / 300) - fresh
+        fresh = 0.2 * since(s, 1500) if after == "helped" else 0.0
+        new_text = 0.5 * (1 - since(s, 2000)) if shifted and s >= 8000 else 0.0
+        return 3.65 + 7.0 * math.exp(-s / 300) - fresh + new_text
 
-    return write_run(run_dir, cfg, dataset_train_tokens=300_000_000, train=curve, val=lambda s: curve(s) + 0.04,
-                     tok_per_s=900_000, mfu=0.38,
-                     grow=dict(step=8000, train_tokens=3_000_000_000, val_tokens=30_000_000))
+    def val(s):
+        return 3.65 + 7.0 * math.exp(-s / 300) + 0.04 + (0.15 * since(s, 2000) if shifted else
+                                                         -0.2 * since(s, 1500) if after == "helped" else 0.0)
+
+    def per_part(s):
+        old = {"fineweb": val(s) if shifted else 3.69 + 7.0 * math.exp(-s / 300)}
+        if s <= 8000:
+            return old
+        wiki = 5.62 + 0.88 * math.exp(-(s - 8500) / 1200) if after == "helped" else 5.6
+        return {**old, "wikipedia": wiki}
+
+    spikes = {s: 0.0 for s in range(8000, 8039)} if after == "level_shift" else None
+    return write_run(run_dir, cfg, dataset_train_tokens=300_000_000, train=curve, val=val, tok_per_s=900_000, mfu=0.38,
+                     grow=dict(step=8000, train_tokens=3_000_000_000, val_tokens=val_tokens), spikes=spikes,
+                     val_parts=per_part if parts else None)
+
+
+def widening_gap(run_dir: Path) -> Path:
+    """The issue's case: nanoGPT's shakespeare-char model (10.7M parameters) for 1,262 iterations of 16,384 tokens
+    on its 1,003,854 train tokens: 20.6 epochs at 1.9 tokens per parameter. Train and val still fall, but the
+    gap between them widens from 0.02 to 0.21."""
+    cfg = dict(n_layer=6, n_head=6, n_embd=384, block_size=256, vocab_size=65, dropout=0.2, batch_size=64,
+               max_iters=1262, warmup_iters=100, eval_interval=100, eval_iters=200, log_interval=10,
+               learning_rate=1e-3, min_lr=1e-4)
+    train = lambda s: 1.0 + 3.2 * math.exp(-s / 400)  # noqa: E731
+    return write_run(run_dir, cfg, dataset_train_tokens=1_003_854, train=train,
+                     val=lambda s: train(s) + 0.02 + 0.19 * s / 1262, log_noise=0.03)
+
+
+def blew_up(run_dir: Path) -> Path:
+    """GPT-2 124M in fp16 without clipping, nanoGPT's 2,000 warmup iterations: the loss falls to ~6 by step 400,
+    then climbs to 1.7e9 by step 600 and stays there until the run is stopped at step 1,000 (no end event)."""
+    cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=5000, warmup_iters=2000,
+               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=6e-4, min_lr=6e-5, dtype="float16",
+               grad_clip=0.0)
+
+    def train(s):
+        return 6.0 + 5.0 * math.exp(-s / 100) if s < 400 else 6.1 * (1.7e9 / 6.1) ** min(1.0, (s - 400) / 200)
+
+    return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=train, val=lambda s: train(s) + 0.05,
+                     stop_at=1000, end_reason=None)

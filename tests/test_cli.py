@@ -26,7 +26,7 @@ def test_help_lists_every_config_key(capsys, command):
     assert set(KEY_OWNERS) <= listed, sorted(set(KEY_OWNERS) - listed)
     for group in ("model:", "optimizer:", "schedule:", "training:", "data:", "logging:"):
         assert f"\n{group}\n" in out
-    assert "[CONFIG.toml] [--key=value ...]" in out
+    assert "[CONFIG.toml|nanoGPT.py] [--key=value ...]" in out
     assert "learning_rate           float 0.0006    peak AdamW learning rate; [0, 10]" in out
 
 
@@ -41,7 +41,7 @@ EVERY_FLAG = {
     "sample": ["r", "--prompt", "Hi", "--num-samples", "2", "--max-new-tokens", "5", "--temperature", "0.5",
                "--top-k", "5", "--top-p", "0.9", "--seed", "3", "--device", "cpu"],
     "eval": ["r", "--data", "d", "--batches", "2", "--device", "cpu", "--hellaswag", "h.jsonl", "--limit", "5"],
-    "diagnose": ["r", "--data", "d"],
+    "diagnose": ["r", "--data", "d", "--config", "c.py", "--gpu", "A100", "--out", "o"],
     "plot": ["r", "--out", "x.png", "--log"],
     "inspect": ["d"],
     "export": ["r", "--format", "hf", "--out", "o"],
@@ -112,8 +112,8 @@ def test_config_overrides_with_or_without_a_config_file(tmp_path):
     (["sample", "{tmp}/r", "--seed", "-1"], "--seed must be in [0, 2^63), got -1"),
     (["sample", "{tmp}/r", "--max-new-tokens", "0"], "--max-new-tokens must be at least 1, got 0"),
     (["eval", "{tmp}/r", "--batches", "0"], "--batches must be at least 1, got 0"),
-    (["plan", "--mfu", "0"], "--mfu must be in (0, 1], got 0.0"),
-    (["plan", "--mfu", "nan"], "--mfu must be a finite number, got nan"),
+    (["plan", "--mfu", "0"], "--mfu 0: give a fraction between 0 and 1 (e.g. 0.4 for 40%)"),
+    (["plan", "--mfu", "nan"], "--mfu 'nan': give a fraction (0.4), a percentage (40%) or a figure against"),
     (["plan", "--processes", "0"], "--processes must be in [1, 1000000], got 0"),
     (["plan", "--vocab-size", "-3"], "--vocab-size must be in [1, 2^32], got -3"),
     (["bench", "--steps", "0"], "--steps must be in [1, 1000000], got 0"),

@@ -36,10 +36,10 @@ def _download(a):
 
 
 def _train(a):
+    from gptforge.commands.configs import load_any_config
     from gptforge.commands.train import train_command
-    from gptforge.config import load_config
 
-    train_command(load_config(a.config, a.overrides))
+    train_command(load_any_config(a.config, a.overrides))
 
 
 def _sample(a):
@@ -57,21 +57,21 @@ def _eval(a):
 
 
 def _diagnose(a):
-    from gptforge.analysis.diagnose.report import diagnose_command
+    from gptforge.commands.runs import diagnose_command
 
-    diagnose_command(a.run_dir, data=a.data)
+    diagnose_command(a.run_dir, data=a.data, config=a.config, gpu=a.gpu, out=a.out)
 
 
 def _plan(a):
     from gptforge.analysis.plan.report import plan_command
-    from gptforge.config import load_config
+    from gptforge.commands.configs import load_any_config
 
-    plan_command(load_config(a.config, a.overrides), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
+    plan_command(load_any_config(a.config, a.overrides), data=a.data, gpu=a.gpu, vocab_size=a.vocab_size,
                  mfu=a.mfu, processes=a.processes, config_path=a.config)
 
 
 def _plot(a):
-    from gptforge.analysis.plot import plot_command
+    from gptforge.commands.runs import plot_command
 
     plot_command(a.run_dirs, a.out, log_scale=a.log)
 
@@ -96,9 +96,9 @@ def _import_nanogpt(a):
 
 def _bench(a):
     from gptforge.analysis.bench import bench_command
-    from gptforge.config import load_config
+    from gptforge.commands.configs import load_any_config
 
-    bench_command(load_config(a.config, a.overrides), steps=a.steps, warmup=a.warmup)
+    bench_command(load_any_config(a.config, a.overrides), steps=a.steps, warmup=a.warmup)
 
 
 def _demo(a):
@@ -181,7 +181,8 @@ def _add_config_command(sub, name: str, func, help_text: str, add_flags=None):
     width = min(max(shutil.get_terminal_size(fallback=(100, 24)).columns, 80), 120) - 2
     p = sub.add_parser(name, help=help_text, description=f"{help_text}. Config keys as --key=value (listed below), "
                        "after or instead of a TOML file.", epilog=config_help(width))
-    p.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml", help="a TOML file of config keys")
+    p.add_argument("config", nargs="?", default=None, metavar="CONFIG.toml|nanoGPT.py",
+                   help="a TOML file of config keys, or a nanoGPT config .py (read, never executed)")
     if add_flags:
         add_flags(p)
     p.usage = p.format_usage().removeprefix("usage: ").strip() + " [--key=value ...]"
@@ -197,7 +198,8 @@ def _plan_flags(p) -> None:
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the config's data)")
     p.add_argument("--gpu", default=None, help="e.g. 'RTX 4070', 'H100'")
     _number(p, "--vocab-size", int, "[1, 2^32]", "vocabulary size when there is no dataset")
-    _number(p, "--mfu", float, "(0, 1]", "assumed MFU for the time estimate")
+    p.add_argument("--mfu", default=None, help="assumed MFU for the time estimate: 0.4, 40%%, or what nanoGPT "
+                   "printed, e.g. 10%%@A100 (nanoGPT measures against an A100 whatever the GPU)")
     _number(p, "--processes", int, "[1, 1000000]", "GPUs the run will use", default=1)
 
 
@@ -270,12 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_eval)
 
     p = sub.add_parser("diagnose", help="what the run is doing and what to change")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR|nanoGPT.log", help="a run directory, or nanoGPT train.py's console log")
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
+    p.add_argument("--config", default=None, metavar="CONFIG.py", help="a nanoGPT log's config, if it does not echo it")
+    p.add_argument("--gpu", default=None, help="the GPU a nanoGPT log ran on, for MFU against its real peak")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write the report (default: beside the run)")
     p.set_defaults(func=_diagnose)
 
     p = sub.add_parser("plot", help="loss curves of one or more runs")
-    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR|nanoGPT.log", help="run directories or nanoGPT logs")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the image written")
     p.add_argument("--log", action="store_true", help="log scale for the loss axis")
     p.set_defaults(func=_plot)

@@ -215,14 +215,23 @@ def test_grown_dataset_that_helped(tmp_path, capsys):
     assert "Adding data helped" in capsys.readouterr().out
 
 
-def test_grown_dataset_that_changed_nothing_says_capacity(tmp_path):
-    d = diagnose_command(runs.grown(tmp_path / "flat", after="flat"))
+def test_grown_dataset_that_changed_nothing_says_capacity_only_from_per_part_val(tmp_path):
+    d = diagnose_command(runs.grown(tmp_path / "flat", after="flat"))  # no per-part val losses logged
     (g,) = d.facts.growths
     assert g.verdict == "no_change" and abs(g.change) < 0.01
     finding = d.finding("data_grew")
+    assert finding.title == "No change in the val loss after adding data at step 8,000"
+    assert "capacity-limited" not in finding.title and "only they show a capacity limit" in finding.advice[0]
+    assert d.kinds()[0] == "plateau" and "data_limited" not in d.kinds()
+
+    d = diagnose_command(runs.grown(tmp_path / "parts", after="flat", parts=True))
+    (g,) = d.facts.growths
+    assert g.verdict == "capacity" and [(p.name, p.new) for p in g.parts] == [("fineweb", False), ("wikipedia", True)]
+    assert all(abs(p.change) < g.tolerance for p in g.parts)
+    finding = d.finding("data_grew")
     assert finding.title == "No change after adding data at step 8,000: the model looks capacity-limited"
     assert "a larger one" in finding.advice[0]
-    assert d.kinds()[0] == "plateau" and "data_limited" not in d.kinds()
+    assert any(e.startswith("val loss per part since the growth: fineweb 3.69 -> 3.69") for e in finding.evidence)
 
 
 def test_fold_keeps_the_last_resume_from_a_step_and_one_growth_event():

@@ -156,3 +156,40 @@ def test_cli_reports_a_bad_gpu_in_one_line(capsys):
     assert main(["plan", "--gpu", "Voodoo2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("gptforge plan: error: --gpu 'Voodoo2': unknown GPU") and "\n" not in err
+
+
+def test_only_sizes_of_the_model_are_claims(tmp_path):
+    from gptforge.analysis.plan.sizing import claimed_sizes
+
+    comments = ["# config for training GPT-2 (124M) on FineWeb 10B", "# these make the total batch size be ~0.5M",
+                "# this makes total number of tokens be 300B", "# a 1.5B params model", "# gpt2-xl 1.5B",
+                "n_embd = 768  # the 350M-parameter GPT", "# 10B tokens of FineWeb-Edu, 2M batch", "# 7B model"]
+    path = tmp_path / "c.toml"
+    path.write_text("\n".join(comments) + "\n", encoding="utf-8")
+    assert claimed_sizes(path) == [(1, 124e6), (4, 1.5e9), (5, 1.5e9), (6, 350e6), (8, 7e9)]
+
+
+def test_mfu_in_nanogpts_convention_is_converted_to_the_card():
+    """nanoGPT prints MFU against an A100's 312 TFLOPS whatever the GPU: "10% on a 4070" is 53.5% of the 4070's
+    58.3 TFLOPS, and planning with --mfu 0.10 would predict 5.35x too long."""
+    cfg = build_config({"max_iters": 5000, "batch_size": 12, "gradient_accumulation_steps": 40})
+    plain = make_plan(cfg, gpu="RTX 4070", mfu=0.10)
+    nano = make_plan(cfg, gpu="RTX 4070", mfu="10%@A100")
+    assert nano["mfu"] == pytest.approx(0.10 * 312 / 58.3) and nano["mfu_converted"]["given"] == 0.10
+    (label,) = nano["times"]
+    assert plain["times"][label] / nano["times"][label] == pytest.approx(312 / 58.3)
+    assert nano["times"][label] == pytest.approx(nano["total_flops"] / 31.2e12)
+    assert make_plan(cfg, gpu="4070", mfu="10%@nanogpt")["mfu"] == nano["mfu"]
+    assert make_plan(cfg, mfu="40%")["mfu"] == 0.4 and make_plan(cfg, mfu="0.4")["mfu"] == 0.4
+    for mfu, gpu, message in [("10%@A100", None, "name that card with --gpu"), ("fast", None, "give a fraction"),
+                              ("60%@A100", "RTX 4070", "would be 321% of its peak"), ("140%", None, "between 0 and 1"),
+                              ("10%@Voodoo", "RTX 4070", "unknown GPU")]:
+        with pytest.raises(UserError, match=message):
+            make_plan(cfg, gpu=gpu, mfu=mfu)
+
+
+def test_cli_plan_with_nanogpts_mfu(capsys):
+    assert main(["plan", "--gpu", "RTX 4070", "--mfu", "10%@A100", "--max_iters=5000"]) == 0
+    out = capsys.readouterr().out
+    assert ("time at 54% MFU: 10% of the A100 (80 GB)'s 312 TFLOPS (nanoGPT's convention) is 53.5% of the "
+            "RTX 4070 (12 GB)'s 58.3") in out

@@ -4,9 +4,10 @@ import struct
 
 import pytest
 
-from gptforge.analysis.plot import draw, loss_limits, plot_command, unique_labels
+from gptforge.analysis.plot import draw, loss_limits, unique_labels
 from gptforge.analysis.runlog import read_run
 from gptforge.cli import main
+from gptforge.commands.runs import plot_command
 from gptforge.errors import UserError
 
 import synthetic_runs as runs

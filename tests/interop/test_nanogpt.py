@@ -23,6 +23,8 @@ from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
 
+from helpers import nanogpt_char_folder
+
 # ---- a copy of nanoGPT's model (karpathy/nanoGPT model.py), trimmed to what matters here ----------
 
 class NanoLayerNorm(nn.Module):
@@ -172,16 +174,7 @@ def char_folder(root):
     rng = random.Random(0)
     words = ["the king", "my lord", "a rose", "sweet night", "fair queen", "good sir"]
     text = "\n".join(f"{rng.choice(words)} and {rng.choice(words)}!" for _ in range(600))
-    chars = sorted(set(text))
-    stoi, itos = {c: i for i, c in enumerate(chars)}, {i: c for i, c in enumerate(chars)}
-    ids = np.array([stoi[c] for c in text], dtype=np.uint16)
-    cut = int(len(ids) * 0.9)
-    root.mkdir(parents=True)
-    ids[:cut].tofile(root / "train.bin")
-    ids[cut:].tofile(root / "val.bin")
-    with open(root / "meta.pkl", "wb") as f:
-        pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
-    return root, ids[:cut], len(chars)
+    return nanogpt_char_folder(root, text)
 
 
 def batch(ids, it):
@@ -293,7 +286,7 @@ def test_import_carries_weights_optimizer_and_hyperparameters_exactly(nanogpt_re
     for key in ("learning_rate", "min_lr", "warmup_iters", "lr_decay_iters", "beta2", "max_iters", "batch_size"):
         assert cfg[key] == CONFIG[key], key
     assert cfg["vocab_size"] == vocab and cfg["schedule"] == "cosine" and cfg["init_from"] == "resume"
-    assert state["tokenizer"]["kind"] == "char"
+    assert state["tokenizer"]["kind"] == "char" and state["imported_from"]["optimizer"] == "carried over"
     assert (out / "tokenizer").is_dir() and (out / "config.toml").is_file()
 
 
@@ -394,14 +387,42 @@ def test_bad_checkpoints(nanogpt_repo, tmp_path):
     torch.save(ckpt, tmp_path / "wrong.pt")
     with pytest.raises(UserError, match=r"do not fit model_args \(missing transformer\.h\.2\."):
         import_nanogpt_command(tmp_path / "wrong.pt", tmp_path / "run", data=str(nanogpt_repo["data"]))
-    ckpt["model_args"]["n_layer"] = 2
-    ckpt["optimizer"]["param_groups"] = ckpt["optimizer"]["param_groups"][:1]
-    torch.save(ckpt, tmp_path / "wrong.pt")
-    with pytest.raises(UserError, match="two parameter groups"):
-        import_nanogpt_command(tmp_path / "wrong.pt", tmp_path / "run", data=str(nanogpt_repo["data"]))
     busy = tmp_path / "busy"
     busy.mkdir()
     (busy / "x").write_text("mine")
     with pytest.raises(UserError, match="not an empty directory"):
         import_nanogpt_command(nanogpt_repo["ckpt"], busy)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "nanoGPT", "other.pt", "wrong.pt"]
+
+
+@pytest.mark.parametrize("fork", ["one group", "three groups", "muon list", "moment shape", "no such id"])
+def test_a_forks_optimizer_state_that_does_not_map_imports_the_weights_with_a_fresh_adamw(
+        nanogpt_repo, tmp_path, capsys, fork):
+    ckpt = torch.load(nanogpt_repo["ckpt"], weights_only=True)
+    opt = ckpt["optimizer"]
+    if fork == "one group":  # a fork that puts every parameter in one group
+        opt["param_groups"][0]["params"] += opt["param_groups"][1]["params"]
+        opt["param_groups"] = opt["param_groups"][:1]
+    elif fork == "three groups":
+        opt["param_groups"].append({**opt["param_groups"][1], "params": []})
+    elif fork == "muon list":  # Muon + AdamW forks save a list of optimizer states
+        ckpt["optimizer"] = [opt, opt]
+    elif fork == "moment shape":
+        opt["state"][0]["exp_avg"] = torch.zeros(3, 3)
+    else:
+        opt["state"][999] = opt["state"].pop(0)
+    torch.save(ckpt, tmp_path / "fork.pt")
+    out = import_nanogpt_command(tmp_path / "fork.pt", tmp_path / "run", data=str(nanogpt_repo["data"]))
+    printed = capsys.readouterr().out
+    assert "its optimizer state does not map onto gptforge's AdamW (" in printed
+    assert "the weights are imported and AdamW starts fresh" in printed
+    saved = load_checkpoint(latest_checkpoint(out))
+    assert saved["state"]["imported_from"]["optimizer"] == "fresh" and saved["state"]["step"] == 5
+    assert saved["optimizer"]["state"] == {}  # no moments: a fresh AdamW
+    nano = nanogpt_repo["model"].state_dict()
+    assert torch.equal(saved["model"]["transformer.h.0.attn.c_attn.weight"], nano["transformer.h.0.attn.c_attn.weight"])
+    cfg = load_config(str(out / "config.toml"), overrides=["--max_iters=6", "--eval_iters=1", "--sample_tokens=0",
+                                                           "--device=cpu"])
+    from gptforge.train.loop import train
+
+    assert train(cfg)["step"] == 6  # and it trains on

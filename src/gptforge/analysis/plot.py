@@ -8,11 +8,11 @@ import io
 from pathlib import Path
 
 from gptforge.analysis.curves import smooth, smoothing_span
-from gptforge.analysis.runlog import RunLog, finite, read_run
+from gptforge.analysis.runlog import RunLog, finite, val_parts
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_bytes
-from gptforge.train.events import Event
+from gptforge.train.events import Eval, Event
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -34,6 +34,21 @@ def _series(events: list[Event], x: str, y: str) -> tuple[list[float], list[floa
     """(x, y) of the records where both fields are numbers: x and y name fields of the records' schema."""
     pairs = [(getattr(e, x), getattr(e, y)) for e in events if finite(getattr(e, x)) and finite(getattr(e, y))]
     return [p[0] for p in pairs], [p[1] for p in pairs]
+
+
+PART_MARKERS = ("s", "^", "v", "D", "x")
+
+
+def _part_series(evals: list[Eval], x: str) -> dict[str, tuple[list[float], list[float]]]:
+    """Per dataset part, (x, val loss) of the evals that logged it."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for e in evals:
+        for part, loss in val_parts(e).items():
+            if finite(getattr(e, x)):
+                xs, ys = out.setdefault(part, ([], []))
+                xs.append(getattr(e, x))
+                ys.append(loss)
+    return out
 
 
 def unique_labels(runs: list[RunLog]) -> list[str]:
@@ -72,6 +87,9 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
             if vx:
                 ax.plot(vx, vy, color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.4,
                         label=f"{prefix}val")
+            for j, (part, (px, py)) in enumerate(_part_series(run.evals, x).items()):
+                ax.plot(px, py, color=color, linestyle=":", marker=PART_MARKERS[j % len(PART_MARKERS)],
+                        markersize=3.5, linewidth=1.1, label=f"{prefix}val {part}")
             all_losses += ys + vy
             for j, e in enumerate(run.data_grew):  # where a resume took in new shards
                 at = e.step if x == "step" else run.tokens_at(e.step)
@@ -148,10 +166,3 @@ def plot_runs(runs: list[RunLog], out: str | Path, log_scale: bool = False, titl
         raise UserError("nothing to plot: " + ", ".join(str(r.run_dir) for r in runs) +
                         " logged no loss yet (no log or eval events in metrics.jsonl)")
     return save_figure(draw(runs, log_scale, title), out)
-
-
-def plot_command(run_dirs, out, log_scale=False) -> Path:
-    runs = [read_run(d) for d in run_dirs]
-    path = plot_runs(runs, out, log_scale)
-    print(f"wrote {path} ({', '.join(unique_labels(runs))})")
-    return path

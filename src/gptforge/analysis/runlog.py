@@ -32,6 +32,10 @@ class RunLog:
     data_grew: list[DataGrew] = field(default_factory=list)
     ends: list[End] = field(default_factory=list)
     skipped_lines: int = 0
+    # what a log of another trainer (nanoGPT's console log) says beyond the shared records
+    trainer: str = "gptforge"
+    time_includes: dict[int, str] = field(default_factory=dict)  # log step -> what else its dt_ms counts
+    printed_mfu: dict[int, float] = field(default_factory=dict)  # log step -> MFU vs an A100's 312 TFLOPS, as printed
 
     @property
     def start(self) -> Start:
@@ -132,6 +136,14 @@ def read_run(run_dir: str | Path) -> RunLog:
     run = fold(events, run_dir)
     run.skipped_lines = skipped
     return run
+
+
+def val_parts(e: Eval) -> dict[str, float]:
+    """The eval's val loss per dataset part ({name: loss}) when the trainer logged them, else {}."""
+    parts = getattr(e, "val_parts", None) or e.extra.get("val_parts")
+    if not isinstance(parts, dict):
+        return {}
+    return {str(k): float(v) for k, v in parts.items() if finite(v)}
 
 
 def finite(value) -> bool:

@@ -5,7 +5,8 @@
 - `import_nanogpt_command`: a nanoGPT ckpt.pt (model, optimizer, model_args, iter_num, best_val_loss,
   config) loaded with torch.load(weights_only=True), turned into a gptforge run directory that samples and
   resumes: `gptforge train RUN_DIR/config.toml` continues with nanoGPT's hyperparameters,
-  its AdamW moments and its learning-rate schedule at iter_num.
+  its AdamW moments and its learning-rate schedule at iter_num. A fork's checkpoint whose optimizer state does
+  not map (other groups, another optimizer) is imported with its weights and a fresh AdamW, and says so.
 
 nanoGPT's GPT is GPT-2 with the same parameter names and order as the gpt2 arch; its one difference is
 the exact GELU where GPT-2 (and gptforge) use the tanh approximation, at most 4.7e-4 apart per activation.
@@ -23,14 +24,14 @@ from gptforge.config import build_config, to_toml
 from gptforge.data.tokenizers import GPT2_VOCAB
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text, building_dir
+from gptforge.interop.nanogpt_config import SHARED_KEYS
 from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import save_checkpoint
 from gptforge.train.state import TrainState, dataset_entry
 
-# nanoGPT config keys that mean the same in gptforge (nanoGPT's names were kept on purpose)
-SHARED_KEYS = ("batch_size", "gradient_accumulation_steps", "max_iters", "eval_interval", "eval_iters",
-               "log_interval", "always_save_checkpoint", "learning_rate", "min_lr", "warmup_iters",
-               "lr_decay_iters", "weight_decay", "beta1", "beta2", "grad_clip")
+
+class OptimizerMismatch(Exception):
+    """The checkpoint's optimizer state does not map onto gptforge's AdamW (a fork's optimizer or grouping)."""
 
 
 # ---- ckpt.pt --------------------------------------------------------------------------------------
@@ -104,10 +105,12 @@ def _convert_optimizer(saved: dict, model: GPT, optimizer, bias: bool, where: Pa
     decay = [n for n in names if params[n].ndim >= 2]
     rest = [n for n in names if params[n].ndim < 2]
     groups = saved.get("param_groups") if isinstance(saved, dict) else None
-    sizes = [len(g.get("params", [])) for g in groups] if isinstance(groups, list) else None
+    sizes = [len(g.get("params", [])) if isinstance(g, dict) else None for g in groups] \
+        if isinstance(groups, list) else None
     if sizes != [len(decay), len(rest)]:
-        raise UserError(f"{where}: the optimizer state is not nanoGPT's AdamW with two parameter groups of "
-                        f"{len(decay)} and {len(rest)} tensors (found groups of {sizes})")
+        found = f"groups of {sizes}" if sizes is not None else f"a {type(saved).__name__}"
+        raise OptimizerMismatch(f"not nanoGPT's AdamW with two parameter groups of {len(decay)} and {len(rest)} "
+                                f"tensors: found {found}")
     name_of = {}
     for group, group_names in zip(groups, (decay, rest)):
         name_of.update(zip(group["params"], group_names))
@@ -120,7 +123,7 @@ def _convert_optimizer(saved: dict, model: GPT, optimizer, bias: bool, where: Pa
     for saved_id, entry in saved.get("state", {}).items():
         name = name_of.get(saved_id)
         if name is None or not isinstance(entry, dict):
-            raise UserError(f"{where}: optimizer state entry {saved_id!r} belongs to no parameter")
+            raise OptimizerMismatch(f"its state entry {saved_id!r} belongs to no parameter")
         converted = {}
         for key, value in entry.items():
             if key == "step":
@@ -128,13 +131,17 @@ def _convert_optimizer(saved: dict, model: GPT, optimizer, bias: bool, where: Pa
                 continue
             if name == "transformer.wte.weight":
                 value = _fit_rows(value, params[name].shape[0])
-            if value.shape != params[name].shape:
-                raise UserError(f"{where}: optimizer state {key} of {name} has shape {tuple(value.shape)}, "
-                                f"the parameter {tuple(params[name].shape)}")
+            if not isinstance(value, torch.Tensor) or value.shape != params[name].shape:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise OptimizerMismatch(f"its {key} of {name} has shape {shape}, the parameter "
+                                        f"{tuple(params[name].shape)}")
             converted[key] = value.to(torch.float32)
         state[index_of[name]] = converted
     ours["state"] = state
-    optimizer.load_state_dict(ours)  # validates sizes against our parameters
+    try:
+        optimizer.load_state_dict(ours)  # validates sizes against our parameters
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise OptimizerMismatch(f"gptforge's AdamW refused it ({e})") from None
     return optimizer.state_dict()
 
 
@@ -206,17 +213,23 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
     from gptforge.train.optim import build_optimizer
 
     optimizer = build_optimizer(model, cfg.optim, "cpu")
+    optimizer_state, moments = optimizer.state_dict(), "no optimizer state in the file: AdamW starts fresh"
     if ckpt.get("optimizer"):
-        optimizer_state = _convert_optimizer(ckpt["optimizer"], model, optimizer, cfg.model.bias, ckpt_path)
-        moments = "AdamW moments carried over"
-    else:
-        optimizer_state, moments = optimizer.state_dict(), "no optimizer state in the file: AdamW starts fresh"
+        try:
+            optimizer_state = _convert_optimizer(ckpt["optimizer"], model, optimizer, cfg.model.bias, ckpt_path)
+            moments = "AdamW moments carried over"
+        except OptimizerMismatch as e:
+            optimizer = build_optimizer(model, cfg.optim, "cpu")  # a clean one: the failed load may have touched it
+            optimizer_state = optimizer.state_dict()
+            moments = (f"its optimizer state does not map onto gptforge's AdamW ({e}): the weights are imported and "
+                       "AdamW starts fresh (its moment estimates restart from zero)")
 
     step = int(ckpt.get("iter_num", 0))
     best = ckpt.get("best_val_loss")
     state = TrainState(step=step, tokens_seen=step * cfg.tokens_per_iter, config=cfg.flat(), tokenizer=identity,
                        best_val_loss=float(best) if best is not None else float("inf"),
-                       imported_from={"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step})
+                       imported_from={"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step,
+                                      "optimizer": "carried over" if moments.startswith("AdamW moments") else "fresh"})
     if dataset is not None:
         state.loader = TrainLoader(dataset, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed).state_dict()
         state.epoch = state.tokens_seen / dataset.train_tokens

@@ -43,6 +43,7 @@ def start_lines(start: Start, cfg: Config, dtype: torch.dtype, compiled: bool, g
         ", DDP" if world > 1 else ""
     lines = [f"device {start.device_name}, {str(dtype).replace('torch.', '')}, compile {compiled}, {world} process(es)"
              + parallelism]
+    lines.append(mfu_basis(start, tc.peak_flops))
     if tc.fsdp and not start.fsdp:
         lines.append("fsdp=true with one process: nothing to shard, training unsharded")
     if world > 1:
@@ -60,6 +61,15 @@ def start_lines(start: Start, cfg: Config, dtype: torch.dtype, compiled: bool, g
                      f"{grew['new_train_tokens']:,} train tokens (version {grew['version']}); training continues on "
                      "the larger dataset")
     return lines
+
+
+def mfu_basis(start: Start, override: float = 0.0) -> str:
+    """Which peak the log line's mfu is against, and how it compares with nanoGPT's figure."""
+    if not start.peak_flops:
+        return (f"mfu: n/a, no peak FLOP/s known for {start.device_name} (set peak_flops to measure against one)")
+    source = "the peak_flops setting" if override else "its dense bf16 peak (train/devices.py)"
+    return (f"mfu: against {start.peak_flops / 1e12:g} TFLOPS per GPU, {source}; nanoGPT's mfu is against an A100's "
+            f"312 whatever the GPU: x {start.peak_flops / 312e12:.2f} gives that figure")
 
 
 def report_step(result: StepResult, guard: LossGuard, skip_spikes: bool, console: Console,

@@ -10,9 +10,24 @@ from dataclasses import dataclass
 
 from gptforge.analysis import curves
 from gptforge.analysis.diagnose.growth import Growth, VersionSpan, growths, version_spans
-from gptforge.analysis.runlog import RunLog, finite
+from gptforge.analysis.runlog import RunLog, finite, val_parts
 
 PER_SEQUENCE_LOSS_SPREAD = 0.4  # typical std of a sequence's mean loss on web text (nats), for eval noise
+A100_PEAK = 312e12  # nanoGPT's MFU is against an A100's dense bf16 peak, whatever the GPU
+SPIKE_RUN_GAP = 5  # spike reports at most this many steps apart belong to one run of reports
+LEVEL_SHIFT_SPIKES = 10  # a run of this many reports is the loss moving to a new level, not spikes
+AFTER_BOUNDARY = 50  # steps after a growth or resume in which a run of spike reports is the new level
+
+
+@dataclass(frozen=True)
+class SpikeRun:
+    """Spike reports close together: after a growth or a resume, or this many in a row, the loss moved to a
+    new level that the spike guard's window had not caught up with."""
+
+    first: int
+    last: int
+    count: int
+    after: str | None  # "the data grew at step N" / "the resume at step N"
 
 
 @dataclass(frozen=True)
@@ -66,6 +81,10 @@ class Facts:
     train_trend: curves.Trend | None
     # instability
     rebound: curves.Rebound | None
+    blowup: curves.Rebound | None  # the largest climb over all steps (warmup included) that did not come back
+    nonfinite_losses: int  # logged losses that were nan or inf (a trainer without NaN skips logs them)
+    first_nonfinite_step: int | None
+    level_shifts: list[SpikeRun]
     oscillation: float
     spikes: int
     spikes_after_warmup: int
@@ -83,11 +102,17 @@ class Facts:
     warmup_tokens: int
     # speed and the evals' precision
     throughput: curves.Stability | None
-    mfu: curves.Stability | None
+    mfu: curves.Stability | None  # against the device's own peak
+    mfu_a100: curves.Stability | None  # nanoGPT's convention: against an A100's 312 TFLOPS
+    peak_flops: float | None
+    trainer: str
+    step_ms: float | None  # median time of a step that times only itself
+    inflated_steps: list[tuple[int, float, str]]  # (log step, ms, what else it counts): nanoGPT's iterations
     eval_sequences: int
     eval_tokens: int
     eval_error: float | None  # standard error of the val loss from the choice of sequences
     # the best val since the current dataset version (None without evals)
+    val_parts_now: dict | None = None  # the last eval's val loss per dataset part, when logged
     val_min: float | None = None
     val_min_step: int | None = None
     train_at_val_min: float | None = None
@@ -154,6 +179,8 @@ def _losses(run: RunLog, since: int | None) -> dict:
                first_loss=(eval_train_pts or train_pts or [(0, None)])[0][1],
                gap=val_now - train_now if val_pts and eval_train_pts else None,
                ppl=math.exp(val_now) if val_pts and val_now < 700 else None)
+    parts = next((val_parts(e) for e in reversed(run.evals) if val_parts(e)), None)
+    out.update(val_parts_now=parts)
     same_val = [p for p in val_pts if since is None or p[0] > since] or val_pts
     if val_pts:
         i = min(range(len(same_val)), key=lambda k: same_val[k][1])
@@ -168,19 +195,57 @@ def _losses(run: RunLog, since: int | None) -> dict:
     return out
 
 
+def _spike_runs(run: RunLog) -> list[SpikeRun]:
+    """Spike reports grouped into runs, each said to follow a growth or resume when it starts just after one."""
+    boundaries = [(e.step, f"the data grew at step {e.step:,}") for e in run.data_grew]
+    boundaries += [(s.step, f"the resume at step {s.step:,}") for s in run.starts if s.resumed_from is not None]
+    groups: list[list[int]] = []
+    for step in sorted(e.step for e in run.spikes):
+        if groups and step - groups[-1][-1] <= SPIKE_RUN_GAP:
+            groups[-1].append(step)
+        else:
+            groups.append([step])
+    boundaries.sort(key=lambda x: -x[0])  # the latest first; a growth before its resume at the same step
+    out = []
+    for g in groups:
+        after = next((why for b, why in boundaries if 0 <= g[0] - b <= AFTER_BOUNDARY), None)
+        out.append(SpikeRun(g[0], g[-1], len(g), after))
+    return out
+
+
+def _blowup(pieces: list[list[tuple[float, float]]]) -> curves.Rebound | None:
+    """The largest climb of the loss (warmup included) whose end stays high: the curve did not come back."""
+    worst = None
+    for piece in pieces:
+        rb = curves.worst_rebound(piece)
+        if rb is None or rb.rise <= max(1.0, 0.25 * rb.min_value):
+            continue
+        tail = sorted(y for _, y in piece[-3:])
+        if tail[len(tail) // 2] >= rb.min_value + 0.5 * rb.rise and (worst is None or rb.rise > worst.rise):
+            worst = rb
+    return worst
+
+
 def _instability(run: RunLog, config: dict, spans: list[VersionSpan], since: int | None) -> dict:
     """Climbs, swings, spikes, non-finite losses and gradient norms, after warmup."""
     warmup = config.get("warmup_iters", 0)
-    after_warmup = [p for p in _points(run.logs, "loss") if p[0] > warmup]
-    # a jump where new data came in is not instability: look for climbs within each dataset version
-    pieces = (
-        [[p for p in after_warmup if s.start_step < p[0] <= s.end_step] for s in spans] if since else [after_warmup]
-    )
-    rebounds = [r for r in map(curves.worst_rebound, pieces) if r is not None]
+    points = _points(run.logs, "loss")
+    after_warmup = [p for p in points if p[0] > warmup]
+
+    def by_version(pts):  # a jump where new data came in is not instability: look within each dataset version
+        return [[p for p in pts if s.start_step < p[0] <= s.end_step] for s in spans] if since else [pts]
+
+    rebounds = [r for r in map(curves.worst_rebound, by_version(after_warmup)) if r is not None]
+    runs = _spike_runs(run)
+    shifts = [r for r in runs if r.after or r.count >= LEVEL_SHIFT_SPIKES]
+    shifted = {e.step for e in run.spikes for r in shifts if r.first <= e.step <= r.last}
     grad_norms = [e.grad_norm for e in run.logs if finite(e.grad_norm)]
-    return dict(rebound=max(rebounds, key=lambda r: r.rise) if rebounds else None,
-                oscillation=curves.oscillation(after_warmup), spikes=len(run.spikes),
-                spikes_after_warmup=sum(1 for e in run.spikes if e.step >= warmup), nan_skips=len(run.nan_skips),
+    nonfinite = [e.step for e in run.logs if isinstance(e.loss, float) and not math.isfinite(e.loss)]
+    return dict(rebound=max(rebounds, key=lambda r: r.rise) if rebounds else None, blowup=_blowup(by_version(points)),
+                nonfinite_losses=len(nonfinite), first_nonfinite_step=nonfinite[0] if nonfinite else None,
+                level_shifts=shifts, oscillation=curves.oscillation(after_warmup), spikes=len(run.spikes),
+                spikes_after_warmup=sum(1 for e in run.spikes if e.step >= warmup and e.step not in shifted),
+                nan_skips=len(run.nan_skips),
                 max_consecutive_nan=max([e.consecutive or 1 for e in run.nan_skips] or [0]),
                 max_nan_skips=config.get("max_nan_skips", 5),
                 first_nan_step=run.nan_skips[0].step if run.nan_skips else None,
@@ -196,13 +261,22 @@ def _learning_rate(run: RunLog, config: dict, last_step: int, max_iters: int, to
 
 
 def _speed(run: RunLog, config: dict) -> dict:
-    """Throughput and MFU stability, and how precisely the evals measure the val loss."""
-    mfus = [e.mfu for e in run.logs if finite(e.mfu)]
+    """Throughput and MFU stability (of the steps timed alone), and how precisely the evals measure the val loss."""
+    clean = [e for e in run.logs if e.step not in run.time_includes]
+    mfus = [e.mfu for e in clean if finite(e.mfu)]
+    peak = run.start.peak_flops
+    a100 = [v for s, v in sorted(run.printed_mfu.items()) if s not in run.time_includes] if run.printed_mfu else [
+        m * peak / A100_PEAK for m in mfus] if peak else []
+    times = sorted(e.dt_ms for e in clean if finite(e.dt_ms))
+    inflated = [(e.step, e.dt_ms, run.time_includes[e.step]) for e in run.logs
+                if e.step in run.time_includes and finite(e.dt_ms)]
     batches = (next((e.eval_batches for e in reversed(run.evals) if e.eval_batches), None)
                or config.get("eval_iters"))
     sequences = (batches or 0) * config.get("batch_size", 0)
-    return dict(throughput=curves.stability([e.tok_per_s for e in run.logs]),
-                mfu=curves.stability(mfus) if mfus else None, eval_sequences=sequences,
+    return dict(throughput=curves.stability([e.tok_per_s for e in clean]),
+                mfu=curves.stability(mfus) if mfus else None, mfu_a100=curves.stability(a100) if a100 else None,
+                peak_flops=run.start.peak_flops, trainer=run.trainer,
+                step_ms=times[len(times) // 2] if times else None, inflated_steps=inflated, eval_sequences=sequences,
                 eval_tokens=sequences * config.get("block_size", 0),
                 eval_error=PER_SEQUENCE_LOSS_SPREAD / math.sqrt(sequences) if sequences else None)
 

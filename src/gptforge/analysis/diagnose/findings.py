@@ -1,31 +1,23 @@
 """The findings of `gptforge diagnose`: each classic case (divergence, overfitting, too little data, a
-plateau, an LR too high, an unfinished schedule, unstable throughput, noisy evals, a grown dataset) as a
-function of the run's Facts, with its evidence and what to try; `analyse` ranks those that apply.
+plateau, an LR too high, a level shift, an unfinished schedule, a grown dataset; speed and eval noise in
+speed.py) as a function of the run's Facts, with its evidence and what to try; `analyse` ranks those that apply.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gptforge.analysis import curves
-from gptforge.analysis.diagnose.facts import PER_SEQUENCE_LOSS_SPREAD, Facts, gather_facts
+from gptforge.analysis.diagnose import speed
+from gptforge.analysis.diagnose.facts import Facts, gather_facts
+from gptforge.analysis.diagnose.finding import Finding
 from gptforge.analysis.diagnose.growth import finding_parts
 from gptforge.analysis.runlog import RunLog, finite
 from gptforge.fmt import count
 
 MANY_EPOCHS = 4.0  # beyond ~4 passes repeated tokens are worth much less than fresh ones (Muennighoff et al. 2023)
 CHINCHILLA = 20.0
-LOW_MFU = 0.20
-
-
-@dataclass
-class Finding:
-    kind: str
-    score: int  # ranking: higher first
-    title: str
-    evidence: list[str] = field(default_factory=list)
-    advice: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -54,18 +46,20 @@ def compute_optimal(params: float, tokens: float) -> tuple[float, float]:
 
 
 def _diverged(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
-    rb = f.rebound
-    blew_up = rb is not None and rb.rise > max(1.0, 0.25 * rb.min_value) and rb.peak_x >= 0.8 * f.last_step
+    bu = f.blowup
+    nan_at_end = f.nonfinite_losses > 0 and not finite(run.logs[-1].loss)
     stopped = f.end_reason == "nan" or f.max_consecutive_nan >= f.max_nan_skips > 0
-    if not (blew_up or stopped):
+    if not (bu or stopped or nan_at_end):
         return None
     ev, began = [], None
-    if blew_up:
-        began = rb.min_x
-        ev.append(
-            f"the train loss fell to {rb.min_value:.3f} by step {rb.min_x:.0f}, then climbed {rb.rise:.2f} to "
-            f"{rb.min_value + rb.rise:.3f} by step {rb.peak_x:.0f}"
-        )
+    if bu:
+        began = bu.min_x
+        ev.append(f"the train loss fell to {bu.min_value:.3f} by step {bu.min_x:,.0f}, then climbed to "
+                  f"{bu.min_value + bu.rise:.4g} by step {bu.peak_x:,.0f} and did not come back"
+                  + (" (during warmup, while the LR was still rising)" if bu.min_x < f.warmup_iters else ""))
+    if f.nonfinite_losses:
+        ev.append(f"{f.nonfinite_losses} logged loss(es) were nan or inf, from step {f.first_nonfinite_step:,}")
+        began = began if began is not None else f.first_nonfinite_step
     if f.nan_skips:
         ev.append(f"{f.nan_skips} non-finite losses from step {f.first_nan_step} "
                   f"(at most {f.max_consecutive_nan} in a row; the run stops at {f.max_nan_skips})")
@@ -78,18 +72,15 @@ def _diverged(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
     if f.grad_norm_max:
         ev.append(f"gradient norm: median {f.grad_norm_median:.3g}, max {f.grad_norm_max:.3g}")
     safe = [s for s in f.checkpoint_steps if began is None or s <= began]
-    peak = cfg.get("learning_rate")
-    advice = [
-        f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})"
-        if peak
-        else "lower the learning rate 2-3x",
-        f"warm up longer (warmup_iters={max(2 * f.warmup_iters, 100)})",
-    ]
+    peak, clip = cfg.get("learning_rate"), cfg.get("grad_clip")
+    advice = [f"lower the learning rate 2-3x (now {peak:g}, try {peak / 2.5:.2g})" if peak
+              else "lower the learning rate 2-3x",
+              f"warm up longer (warmup_iters={max(2 * f.warmup_iters, 100)})",
+              f"keep gradient clipping on (grad_clip={clip:g}): it bounds each update, but a too-high LR still "
+              "diverges" if clip else "turn gradient clipping on (--grad_clip=1.0)"]
     if safe:
         advice.insert(0, f"restart from the checkpoint of step {safe[-1]} (saved before the divergence) with the "
                          "lower LR; later checkpoints hold the diverged weights")
-    if not cfg.get("grad_clip"):
-        advice.append("turn gradient clipping on (--grad_clip=1.0)")
     if cfg.get("dtype") == "float16":
         advice.append("use --dtype=bfloat16 (fp16 overflows where bf16 does not)")
     title = "The run diverged" + (f" around step {began:.0f}" if began is not None else "")
@@ -114,6 +105,8 @@ def _nan_skips(f: Facts) -> Finding | None:
 def _overfitting(f: Facts, cfg: dict) -> Finding | None:
     if f.evals < 3 or f.val_min_step >= f.last_step:
         return None
+    if f.growths and f.growths[-1].verdict in ("blind", "forgetting", "worse"):
+        return None  # val rising after new text came in is the model moving to it: the growth finding says so
     rise = f.val_now - f.val_min
     noise = f.trend.noise if math.isfinite(f.trend.noise) else 0.0
     if rise <= max(0.02, 2 * noise, 0.01 * f.val_min):
@@ -147,34 +140,62 @@ def _plateau_evidence(f: Facts) -> str:
             f"{t.end - t.start:,.0f} steps ({t.points} points, noise {t.noise:.4f}): {why}")
 
 
+def _widening(f: Facts) -> bool:
+    """The val - train gap grows beyond its noise: the model starts to memorise the train split."""
+    return f.gap is not None and f.gap > 0 and f.gap_trend is not None and f.gap_trend.status == "rising"
+
+
+def _smaller_model(f: Facts) -> str | None:
+    """A model sized to the data: about MANY_EPOCHS passes at Chinchilla's tokens per parameter."""
+    if not f.dataset_train_tokens or not f.params:
+        return None
+    fits = MANY_EPOCHS * f.dataset_train_tokens / CHINCHILLA
+    return (f"or a smaller model: {MANY_EPOCHS:.0f} epochs of these {count(f.dataset_train_tokens)} tokens at "
+            f"{CHINCHILLA:.0f} tokens per parameter suit ~{count(fits)} parameters (this one has {count(f.params)})")
+
+
 def _data_limited(f: Facts, run: RunLog) -> Finding | None:
-    if f.trend.status != "plateau" or not f.epochs or f.epochs < MANY_EPOCHS:
+    """Many epochs, and the loss has stopped paying for them: a plateau, or a gap that widens while it falls."""
+    if not f.epochs or f.epochs < MANY_EPOCHS or not (f.trend.status == "plateau" or _widening(f)):
         return None
     from gptforge.analysis.plan.sizing import download_need
 
     tokens = f.tokens_seen
     ev = [f"{count(tokens)} tokens seen over a dataset of {count(f.dataset_train_tokens or 0)} train tokens: "
-          f"{f.epochs:.1f} epochs", _plateau_evidence(f)]
-    if f.gap is not None:
-        ev.append(f"train {f.train_now:.3f} vs val {f.val_now:.3f} (gap {f.gap:.3f}): not memorising, but "
-                  "each pass over the same tokens teaches less")
+          f"{f.epochs:.1f} epochs"]
+    if f.trend.status == "plateau":
+        ev.append(_plateau_evidence(f))
+        if f.gap is not None:
+            ev.append(f"train {f.train_now:.3f} vs val {f.val_now:.3f} (gap {f.gap:.3f}): not memorising, but "
+                      "each pass over the same tokens teaches less")
+        what = "the loss has plateaued"
+    else:
+        gt = f.gap_trend
+        ev.append(f"the val - train gap widened {gt.change:+.3f} over the last {gt.end - gt.start:,.0f} steps to "
+                  f"{f.gap:.3f} (train {f.train_now:.3f}, val {f.val_now:.3f}): the model is starting to memorise")
+        ev.append(f"{f.curve} loss still falling ({f.trend.change:+.4f} over the last "
+                  f"{f.trend.end - f.trend.start:,.0f} steps), but more passes over the same text buy less each time")
+        what = "the train/val gap is widening"
     need = download_need(tokens, f.chars_per_token)
     src = "measured" if need["measured"] else "assumed"
     advice = [f"more data: seeing each token about once at this budget takes {count(tokens)} tokens = "
               f"{count(need['chars'])} characters ({need['chars_per_token']:.1f} chars/token, {src}) = about "
               f"{need['shards']:,} FineWeb-Edu shards (gptforge download ... --shards {need['shards']}, then prepare)"]
+    smaller = _smaller_model(f)
+    if smaller:
+        advice.append(smaller)
     if f.params:
         n_opt, d_opt = compute_optimal(f.params, tokens)
-        ev.append(
-            f"{count(f.params)} parameters trained on {f.tokens_per_param:.0f} tokens each "
-            f"(Chinchilla: {CHINCHILLA:.0f})"
-        )
+        ev.append(f"{count(f.params)} parameters trained on {f.tokens_per_param:.1f} tokens each "
+                  f"(Chinchilla: {CHINCHILLA:.0f})")
         advice.append(f"for the same compute Chinchilla suggests ~{count(n_opt)} parameters on ~{count(d_opt)} tokens "
                       "(a larger model, fewer steps), which also needs the fresh data")
-    advice.append(f"until then, stop earlier: the last {f.trend.end - f.trend.start:,.0f} steps bought "
-                  f"{-f.trend.change:.3f}")
-    return Finding("data_limited", 85, f"Many epochs over too little data ({f.epochs:.1f} epochs): the loss has "
-                   "plateaued", ev, advice)
+    if f.trend.status == "plateau":
+        advice.append(f"until then, stop earlier: the last {f.trend.end - f.trend.start:,.0f} steps bought "
+                      f"{-f.trend.change:.3f}")
+    else:
+        advice.append("not more steps on this data: the gap keeps widening until the val loss turns up (overfitting)")
+    return Finding("data_limited", 85, f"Many epochs over too little data ({f.epochs:.1f} epochs): {what}", ev, advice)
 
 
 def _plateau(f: Facts) -> Finding | None:
@@ -236,10 +257,12 @@ def _lr_too_high(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
 
 
 def _spikes(f: Facts, run: RunLog) -> Finding | None:
-    if not run.spikes:
+    shifted = {s for r in f.level_shifts for s in range(r.first, r.last + 1)}
+    spikes = [e for e in run.spikes if e.step not in shifted]
+    if not spikes:
         return None
-    e = run.spikes[0]
-    return Finding("spikes", 35, f"{len(run.spikes)} loss spike(s)",
+    e = spikes[0]
+    return Finding("spikes", 35, f"{len(spikes)} loss spike(s)",
                    [f"e.g. step {e.step}: {e.loss:.3f} against a recent {e.mean:.3f} ± {e.std:.3f}"],
                    ["occasional spikes that recover are common; if they repeat, lower the LR or set "
                     "--skip_spikes=true"])
@@ -253,17 +276,18 @@ def _still_improving(f: Facts) -> Finding | None:
         f"{f.curve} loss fell {-t.change:.4f} (± {t.change_se:.4f}) over the last {t.end - t.start:,.0f} steps, "
         f"to {t.level:.4f}"
     ]
-    advice = []
     tpp = f.tokens_per_param
     if tpp is not None:
         ev.append(f"{tpp:.1f} tokens per parameter (Chinchilla-optimal: {CHINCHILLA:.0f})")
-    if f.end_reason == "max_iters" or (f.progress or 0) >= 1:
+    if f.epochs and f.epochs >= MANY_EPOCHS:
+        advice = [f"it still falls, but over {f.epochs:.1f} epochs of the same data: fresh data, not more steps"]
+    elif f.end_reason == "max_iters" or (f.progress or 0) >= 1:
         more = 2 * f.max_iters
-        advice.append(f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f.max_iters} "
-                      "keeps the LR at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), "
-                      "or start a longer run")
+        advice = [f"train longer: --init_from=resume --max_iters={more} --lr_decay_iters={f.max_iters} "
+                  "keeps the LR at min_lr (without lr_decay_iters the cosine is stretched and the LR rises again), "
+                  "or start a longer run"]
     else:
-        advice.append("nothing to fix: let it run")
+        advice = ["nothing to fix: let it run"]
     return Finding("still_improving", 10, "Still improving", ev, advice)
 
 
@@ -271,16 +295,63 @@ def _undertrained(f: Facts) -> Finding | None:
     tpp, t = f.tokens_per_param, f.trend
     if tpp is None or tpp >= CHINCHILLA / 2 or t.status in ("plateau", "rising"):
         return None
-    target = math.ceil(CHINCHILLA * f.params / f.tokens_per_iter) if f.tokens_per_iter else None
+    if f.epochs and f.epochs >= MANY_EPOCHS:
+        return None  # the data is what runs out first: _data_limited says what to do
+    target_tokens = CHINCHILLA * f.params
+    target = math.ceil(target_tokens / f.tokens_per_iter) if f.tokens_per_iter else None
     ev = [f"{tpp:.2g} tokens per parameter ({count(f.tokens_seen)} tokens for {count(f.params)} parameters); "
           f"compute-optimal is about {CHINCHILLA:.0f}"]
     if f.first_loss is not None and f.train_now is not None:
         ev.append(f"the loss went {f.first_loss:.3f} -> {f.train_now:.3f} and was still "
                   f"{'falling' if t.status == 'improving' else 'moving'} at the end")
-    advice = [f"train longer: about {target:,} iterations reach 20 tokens per parameter (--max_iters={target}, or "
-              "drop max_iters and keep tokens_per_param=20)" if target else "train longer",
-              "or a smaller model if the budget is fixed"]
+    data = f.dataset_train_tokens
+    if data and target_tokens / data > MANY_EPOCHS:
+        ev.append(f"{CHINCHILLA:.0f} tokens per parameter is {count(target_tokens)} tokens = "
+                  f"{target_tokens / data:.0f} epochs of this {count(data)}-token dataset")
+        most = math.ceil(MANY_EPOCHS * data / f.tokens_per_iter) if f.tokens_per_iter else None
+        advice = [(f"train longer, but only up to about {MANY_EPOCHS:.0f} epochs of this data (--max_iters={most}); "
+                   "beyond that, more data" if most and most > f.last_step else
+                   "more data: training longer on this data would repeat it too often"),
+                  _smaller_model(f) or "or a smaller model"]
+    else:
+        advice = [f"train longer: about {target:,} iterations reach 20 tokens per parameter (--max_iters={target}, or "
+                  "drop max_iters and keep tokens_per_param=20)" if target else "train longer",
+                  "or a smaller model if the budget is fixed"]
     return Finding("undertrained", 40, "Under-trained: far fewer tokens than the model can use", ev, advice)
+
+
+def _level_shifts(f: Facts, cfg: dict) -> list[Finding]:
+    """Runs of spike reports after a growth or a resume, or many in a row: the loss moved to a new level."""
+    out = []
+    skipping = bool(cfg.get("skip_spikes"))
+    for r in f.level_shifts:
+        where = f"right after {r.after}" if r.after else f"{r.count} in a row"
+        ev = [f"{r.count} spike report(s) at steps {r.first:,}-{r.last:,}, {where}: the loss moved to a new level "
+              "and the spike guard's window still held the old one"]
+        advice = ["nothing is wrong with the learning rate: a new kind of text has a higher loss until the model "
+                  "learns it"]
+        score = 30
+        if skipping:
+            ev.append("with skip_spikes=true each of these steps was skipped: the model did not train on them"
+                      + (", so it could not follow the new level" if r.count >= 10 else ""))
+            advice.insert(0, "resume with --skip_spikes=false (a guard that restarts its window after a growth or "
+                             "resume keeps skipping only real spikes)")
+            score = 58
+        out.append(Finding("level_shift", score, f"A level shift, not spikes: {r.count} report(s) from step "
+                           f"{r.first:,}", ev, advice))
+    return out
+
+
+def _warmup_too_long(f: Facts) -> Finding | None:
+    """A warmup as long as the run (nanoGPT's default 2,000 iterations on a short run) never reaches the peak LR."""
+    if not f.warmup_iters or f.warmup_iters < 0.5 * f.max_iters:
+        return None
+    peak = f.schedule.peak if f.schedule else f.lr_logged_max
+    reached = f.lr_logged_max / peak if f.lr_logged_max and peak else None
+    ev = [f"warmup_iters {f.warmup_iters:,} for a run of {f.max_iters:,} iterations"
+          + (f": the LR reached {reached * 100:.0f}% of its peak" if reached else "")]
+    return Finding("warmup_too_long", 48, "The warmup takes most of the run: the LR barely reaches its peak", ev,
+                   [f"--warmup_iters={max(1, round(0.05 * f.max_iters))} (about 5% of the run) for a run this short"])
 
 
 def _unfinished(f: Facts) -> Finding | None:
@@ -296,39 +367,6 @@ def _unfinished(f: Facts) -> Finding | None:
                    ["resume to finish it: gptforge train RUN_DIR/config.toml --init_from=resume"])
 
 
-def _throughput(f: Facts) -> list[Finding]:
-    out, tp = [], f.throughput
-    if tp and (tp.cv > 0.25 or tp.p10 < 0.6 * tp.median or tp.drift < -0.2):
-        ev = [f"tokens/s: median {tp.median:,.0f}, slowest tenth {tp.p10:,.0f}, variation {tp.cv * 100:.0f}%"]
-        if tp.drift < -0.2:
-            ev.append(f"the second half ran {-tp.drift * 100:.0f}% slower than the first")
-        out.append(Finding("throughput_unstable", 25, "Throughput is unstable", ev,
-                           ["look for other processes on the machine, thermal throttling, or a slow disk for the "
-                            "shards; evals and checkpoints are not counted in these timings"]))
-    mfu = f.mfu
-    if mfu and f.device == "cuda" and mfu.median < LOW_MFU:
-        out.append(Finding("low_mfu", 30, f"Low MFU ({mfu.median * 100:.1f}%)",
-                           [f"median MFU {mfu.median * 100:.1f}% of the dense bf16 peak on {f.device_name}"],
-                           ["--compile=true, bf16, the largest micro-batch that fits (`gptforge plan --gpu ...` says "
-                            "which), a vocabulary padded to 64, and `gptforge bench` to measure"]))
-    return out
-
-
-def _eval_noise(f: Facts, cfg: dict) -> Finding | None:
-    err, t = f.eval_error, f.trend
-    if err is None or err < 0.02:
-        return None
-    target = math.ceil((PER_SEQUENCE_LOSS_SPREAD / 0.01) ** 2)  # sequences for a ±0.01 standard error
-    batch = cfg.get("batch_size") or 1
-    ev = [f"the val loss is measured on {f.eval_sequences:,} sequences ({count(f.eval_tokens)} tokens): about "
-          f"±{err:.3f} from which sequences were picked, assuming a per-sequence spread of {PER_SEQUENCE_LOSS_SPREAD}"]
-    if math.isfinite(t.noise):
-        ev.append(f"observed scatter around the recent trend: {t.noise:.4f}")
-    return Finding("eval_noise", 20, "The val loss is measured on few batches", ev,
-                   [f"--eval_iters={math.ceil(target / batch)} (about {target:,} sequences, ±0.01); differences below "
-                    f"{2 * err:.3f} between runs or checkpoints are noise now"])
-
-
 def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
             chars_per_token: float | None = None) -> Diagnosis:
     f = gather_facts(run, config, dataset_train_tokens, chars_per_token)
@@ -338,10 +376,12 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
     if findings[1] is None:
         findings += [_data_limited(f, run), _plateau(f)]
     findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
-                 *_throughput(f), _eval_noise(f, config)]
+                 _warmup_too_long(f),
+                 *speed.throughput(f), speed.step_times(f), speed.eval_noise(f, config), *_level_shifts(f, config)]
     findings += [Finding("data_grew", *finding_parts(g)) for g in f.growths]
     found = [x for x in findings if x is not None]
-    if run.spikes and not any(x.kind in ("lr_too_high", "diverged") for x in found):
+    if not any(x.kind in ("lr_too_high", "diverged") for x in found):
         found.append(_spikes(f, run))
+    found = [x for x in found if x is not None]
     found.sort(key=lambda x: -x.score)
     return Diagnosis(f, found)

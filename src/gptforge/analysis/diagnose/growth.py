@@ -13,7 +13,7 @@ import math
 from dataclasses import dataclass
 
 from gptforge.analysis import curves
-from gptforge.analysis.runlog import RunLog, finite
+from gptforge.analysis.runlog import RunLog, finite, val_parts
 
 MIN_CHANGE = 0.01  # nats: a val change smaller than this (or than twice the evals' scatter) is no change
 USED_UP_EPOCHS = 1.0  # below one pass over the old data, more data cannot have been what the run lacked
@@ -41,6 +41,29 @@ class VersionSpan:
 
 
 @dataclass(frozen=True)
+class PartChange:
+    """One dataset part's val loss around a growth (from the evals' per-part val losses)."""
+
+    name: str
+    new: bool  # added by this growth: no val loss before it
+    before: float | None  # the last eval at or before the growth
+    first: float | None  # the first eval after it
+    last: float | None  # the last eval after it (before the next growth)
+
+    @property
+    def change(self) -> float | None:
+        base = self.first if self.new else self.before
+        return None if base is None or self.last is None else self.last - base
+
+    def describe(self) -> str:
+        base = self.first if self.new else self.before
+        label = f"{self.name} (new)" if self.new else self.name
+        if base is None or self.last is None:
+            return f"{label}: too few evals"
+        return f"{label} {base:.2f} -> {self.last:.2f} ({self.change:+.2f})"
+
+
+@dataclass(frozen=True)
 class Growth:
     """One growth of the train data, and the val loss around it."""
 
@@ -54,12 +77,21 @@ class Growth:
     trend_after: curves.Trend
     lr_before: float | None
     lr_after: float | None
-    verdict: str  # helped, falling_as_before, no_change, worse, too_early
+    verdict: str  # helped, falling_as_before, no_change, worse, too_early; blind (no val of the new data);
+    # with per-part val losses also capacity (no part moves) and forgetting (new learned, old worse)
     tolerance: float
+    parts: list[PartChange]
 
     @property
     def val_set_changed(self) -> bool:
         return None not in (self.old.val_tokens, self.new.val_tokens) and self.old.val_tokens != self.new.val_tokens
+
+    @property
+    def val_has_new_data(self) -> bool | None:
+        """Whether the val split took in part of the added data (None when a side's size is unknown)."""
+        if self.parts:
+            return any(p.new for p in self.parts)
+        return None if None in (self.old.val_tokens, self.new.val_tokens) else self.val_set_changed
 
     @property
     def change(self) -> float | None:
@@ -108,11 +140,39 @@ def _lr_near(run: RunLog, step: int, after: bool) -> float | None:
     return (side[0] if after else side[-1]).lr
 
 
-def _verdict(val_before, after, trend_before: curves.Trend, trend_after: curves.Trend, step: int) -> tuple[str, float]:
+def _part_changes(run: RunLog, step: int, end_step: int) -> list[PartChange]:
+    before = [val_parts(e) for e in run.evals if e.step <= step and val_parts(e)]
+    after = [val_parts(e) for e in run.evals if step < e.step <= end_step and val_parts(e)]
+    if not after:
+        return []
+    seen = set().union(*before) if before else set()
+    names = list(dict.fromkeys(n for parts in after for n in parts))
+    first = {n: next(p[n] for p in after if n in p) for n in names}
+    last = {n: next(p[n] for p in reversed(after) if n in p) for n in names}
+    return [PartChange(n, n not in seen, before[-1].get(n) if before else None, first[n], last[n]) for n in names]
+
+
+def _parts_verdict(parts: list[PartChange], tol: float) -> str:
+    """What the per-part val losses say: the new data learned, the old kept, or nothing moving."""
+    new = [p.change for p in parts if p.new and p.change is not None]
+    old = [p.change for p in parts if not p.new and p.change is not None]
+    learned = any(c <= -tol for c in new + old)
+    old_worse = any(c >= tol for c in old)
+    if learned:
+        return "forgetting" if old_worse and any(c <= -tol for c in new) else "helped"
+    return "worse" if old_worse or any(c >= tol for c in new) else "capacity"
+
+
+def _verdict(val_before, after, trend_before: curves.Trend, trend_after: curves.Trend, step: int,
+             parts: list[PartChange], val_changed: bool | None) -> tuple[str, float]:
     noises = [t.noise for t in (trend_after, trend_before) if math.isfinite(t.noise)]
     tol = max(MIN_CHANGE, 2 * noises[0]) if noises else MIN_CHANGE
     if val_before is None or len(after) < 2:
         return "too_early", tol
+    if parts:
+        return _parts_verdict(parts, tol), tol
+    if val_changed is False:
+        return "blind", tol  # the val split is all old data: it cannot show what the new data did
     change = after[-1][1] - val_before[1]
     if change >= tol:
         return "worse", tol
@@ -137,9 +197,13 @@ def growths(run: RunLog, spans: list[VersionSpan]) -> list[Growth]:
         before = [p for p in val if old.start_step <= p[0] <= step]
         after = [p for p in val if step < p[0] <= new.end_step]
         trend_before, trend_after = curves.trend(before), curves.trend(after)
-        verdict, tol = _verdict(before[-1] if before else None, after, trend_before, trend_after, step)
+        parts = _part_changes(run, step, new.end_step)
+        val_changed = None if None in (old.val_tokens, new.val_tokens) else old.val_tokens != new.val_tokens
+        verdict, tol = _verdict(before[-1] if before else None, after, trend_before, trend_after, step, parts,
+                                val_changed)
         out.append(Growth(step, new.start_tokens, old, new, before[-1] if before else None, after, trend_before,
-                          trend_after, _lr_near(run, step, after=False), _lr_near(run, step, after=True), verdict, tol))
+                          trend_after, _lr_near(run, step, after=False), _lr_near(run, step, after=True), verdict, tol,
+                          parts))
     return out
 
 
@@ -166,7 +230,11 @@ def describe_growth(g: Growth) -> str:
     return text
 
 
-def finding_parts(g: Growth) -> tuple[int, str, list[str], list[str]]:
+ADD_MORE = ("more data helps this model: add more (gptforge download ... --start N --shards M, gptforge prepare "
+            "... --out DATA_DIR, then gptforge train --init_from=resume with a larger --max_iters)")
+
+
+def _evidence(g: Growth) -> list[str]:
     ev = [f"the train data grew {describe_growth(g)}"]
     if g.old.epochs is not None:
         ev.append(f"version {g.old.version} was trained on for {g.old.epochs:.2f} epochs before it grew; "
@@ -176,14 +244,55 @@ def finding_parts(g: Growth) -> tuple[int, str, list[str], list[str]]:
                   f"last {g.trend_before.end - g.trend_before.start:,.0f} steps)")
     if g.lr_before is not None and g.lr_after is not None:
         ev.append(f"learning rate {g.lr_before:.3g} before the resume, {g.lr_after:.3g} after")
-    if g.val_set_changed:
+    if g.parts:
+        ev.append("val loss per part since the growth: " + "; ".join(p.describe() for p in g.parts))
+    elif g.val_set_changed:
         ev.append(f"the val split grew too ({g.old.val_tokens:,} -> {g.new.val_tokens:,} tokens): the loss before and "
                   "after are on different texts, so the trend since the growth is the cleaner signal")
-    change, n_after = g.change, len(g.after)
-    add_more = ("more data helps this model: add more (gptforge download ... --start N --shards M, gptforge prepare "
-                "... --out DATA_DIR, then gptforge train --init_from=resume with a larger --max_iters)")
+    return ev
+
+
+def _by_parts(g: Growth, ev: list[str]) -> tuple[int, str, list[str], list[str]] | None:
+    """The verdicts only per-part val losses can give."""
+    new = ", ".join(p.describe() for p in g.parts if p.new) or "no new part has val tokens"
+    old = ", ".join(p.describe() for p in g.parts if not p.new) or "no old part"
     if g.verdict == "helped":
-        return 50, f"Adding data helped: val fell {-change:.2f} after the data grew at step {g.step:,}", ev, [add_more]
+        return 50, f"Adding data helped: the model learns the new data ({new}) and keeps the old ({old})", ev, [
+            ADD_MORE]
+    if g.verdict == "forgetting":
+        return 62, f"The new data is learned at the old data's expense: {old} since step {g.step:,}", ev, [
+            "a larger model holds both (n_layer / n_embd up; `gptforge plan` sizes it)",
+            "or resume with a lower --learning_rate: a large LR on the new text overwrites more of the old"]
+    if g.verdict == "capacity":
+        return 60, f"No change after adding data at step {g.step:,}: the model looks capacity-limited", ev, [
+            f"no part's val loss moved by {g.tolerance:.3f} (the noise) since the growth: more data alone does not "
+            "help this model; a larger one (n_layer / n_embd up, `gptforge plan` sizes it) will use it",
+            "or let the LR decay further (a lower min_lr) to squeeze the rest"]
+    return None
+
+
+def _blind(g: Growth, ev: list[str]) -> tuple[int, str, list[str], list[str]]:
+    ev.append(f"the val split has {g.new.val_tokens:,} tokens before and after the growth: the added text got no "
+              "val tokens, so the val loss measures the old data only")
+    change = g.change
+    if change is not None and change >= g.tolerance:
+        ev.append(f"val (old data only) rose {change:+.3f}: the model is moving towards the new text, which is not "
+                  "overfitting")
+    return 62, f"The data grew at step {g.step:,}, but the val split holds none of the new data", ev, [
+        "score the new data itself: `gptforge eval RUN_DIR --data DIR` on a dataset prepared from the new part "
+        "alone (same tokenizer); newer gptforge gives every added part a share of val",
+        "a val loss of old data that rises a little while the model learns new text is expected; watch that it stops"]
+
+
+def finding_parts(g: Growth) -> tuple[int, str, list[str], list[str]]:
+    ev = _evidence(g)
+    change, n_after = g.change, len(g.after)
+    if g.parts and (found := _by_parts(g, ev)):
+        return found
+    if g.verdict == "blind":
+        return _blind(g, ev)
+    if g.verdict == "helped":
+        return 50, f"Adding data helped: val fell {-change:.2f} after the data grew at step {g.step:,}", ev, [ADD_MORE]
     used_up = g.old.epochs is None or g.old.epochs >= USED_UP_EPOCHS
     not_used_up = (f"version {g.old.version} had {g.old.epochs:.2f} epochs when it grew: the model had not run out of "
                    "data, so new data is not expected to change the curve yet" if not used_up else None)
@@ -195,20 +304,21 @@ def finding_parts(g: Growth) -> tuple[int, str, list[str], list[str]]:
         advice = ["look at the new data (gptforge inspect DATA_DIR): a different or noisier text raises the loss until "
                   "the model adapts"]
         if g.lr_before and g.lr_after and g.lr_after > 1.5 * g.lr_before:
-            advice.insert(
-                0,
-                f"the LR jumped at the resume ({g.lr_before:.3g} -> {g.lr_after:.3g}): resume with a lower "
-                "--learning_rate, or --lr_decay_iters at the old max_iters to stay at min_lr",
-            )
+            advice.insert(0, f"the LR jumped at the resume ({g.lr_before:.3g} -> {g.lr_after:.3g}): resume with a "
+                             "lower --learning_rate, or --lr_decay_iters at the old max_iters to stay at min_lr")
+        if g.parts:
+            rose = ", ".join(p.describe() for p in g.parts if (p.change or 0) >= g.tolerance)
+            return 65, f"Val got worse after the data grew at step {g.step:,}: {rose}", ev, advice
         return 65, f"Val rose {change:+.2f} after the data grew at step {g.step:,}", ev, advice
     if g.verdict == "no_change":
         if not used_up:
             return 55, (f"No change after adding data at step {g.step:,}: the old data was not used up "
                         f"({g.old.epochs:.2f} epochs)"), ev, [
                 not_used_up + "; data was not what limited this run: train longer, or a larger model"]
-        return 60, f"No change after adding data at step {g.step:,}: the model looks capacity-limited", ev, [
-            f"val moved {change:+.4f} (under {g.tolerance:.3f}, the noise): more data alone does not help this model; "
-            "a larger one (n_layer / n_embd up, `gptforge plan` sizes it) will use it",
-            "or let the LR decay further (a lower min_lr) to squeeze the rest"]
+        return 45, f"No change in the val loss after adding data at step {g.step:,}", ev, [
+            f"val moved {change:+.4f} (under {g.tolerance:.3f}, the noise); it mixes old and new text, so it cannot "
+            "tell a model that learns the new data while forgetting the old from one that learns nothing: the "
+            "per-part val losses (`val_parts` in metrics.jsonl) can, and only they show a capacity limit",
+            "let it run a few more evals; if nothing moves, a larger model (`gptforge plan` sizes it)"]
     return 15, f"The data grew at step {g.step:,}; too few evals since to judge what it did", ev, [
         f"let it run: {n_after} eval(s) since the growth; diagnose again after a few more"]

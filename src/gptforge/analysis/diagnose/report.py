@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gptforge.analysis.diagnose.findings import Diagnosis, analyse
 from gptforge.analysis.diagnose.growth import describe_growth, describe_span
+from gptforge.analysis.diagnose.speed import mfu_text
 from gptforge.analysis.runlog import RunLog, read_run
 from gptforge.errors import UserError
 from gptforge.fmt import count
@@ -54,12 +55,10 @@ def _fmt(value, spec: str = ".4f", none: str = "n/a") -> str:
 
 def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     f = d.facts
+    end = f" (ended: {f.end_reason})" if f.end_reason else " (no end event: running or crashed)"
     rows = [
-        (
-            "step",
-            f"{f.last_step:,} of {f.max_iters:,}"
-            + (f" (ended: {f.end_reason})" if f.end_reason else " (no end event: running or crashed)"),
-        ),
+        ("step", f"{f.last_step:,} updates (nanoGPT's iter 0-{f.last_step - 1:,}) of max_iters {f.max_iters:,}{end}"
+         if f.trainer == "nanoGPT" else f"{f.last_step:,} of {f.max_iters:,}{end}"),
         ("tokens seen", f"{f.tokens_seen:,} ({count(f.tokens_seen)}), {f.tokens_per_iter:,} per iteration"),
     ]
     if f.dataset_train_tokens:
@@ -78,6 +77,8 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
         rows.append(("tokens per parameter", f"{f.tokens_per_param:.1f} (Chinchilla-optimal: 20)"))
     rows.append(("train loss now", _fmt(f.train_now)))
     rows.append(("val loss now", _fmt(f.val_now) + (f" (perplexity {f.ppl:.2f})" if f.ppl else "")))
+    if f.val_parts_now:
+        rows.append(("val by part", " | ".join(f"{k} {v:.2f}" for k, v in f.val_parts_now.items())))
     if f.gap is not None:
         gt = f.gap_trend
         trend = f", {'widening' if gt.change > 0.01 else 'narrowing' if gt.change < -0.01 else 'steady'} " \
@@ -110,8 +111,12 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
     if tp:
         rows.append(("throughput", f"{tp.median:,.0f} tok/s median, variation {tp.cv * 100:.0f}%, slowest tenth "
                                    f"{tp.p10:,.0f}, drift {tp.drift * 100:+.0f}%"))
-    if f.mfu:
-        rows.append(("MFU", f"{f.mfu.median * 100:.1f}% median, variation {f.mfu.cv * 100:.0f}%"))
+    mfu = mfu_text(f)
+    if mfu:
+        rows.append(("MFU", mfu))
+    if f.inflated_steps:
+        rows.append(("step time", f"{f.step_ms:,.1f} ms median; {len(f.inflated_steps)} logged iteration(s) also "
+                                  "count an eval or the start-up (left out of throughput and MFU)"))
     if f.eval_sequences:
         rows.append(("eval size", f"{f.eval_sequences:,} sequences ({count(f.eval_tokens)} tokens), about "
                                   f"±{f.eval_error:.3f}"))
@@ -140,9 +145,15 @@ def _versions_section(d: Diagnosis) -> list[str]:
     return lines
 
 
-def render_markdown(run_dir: Path, d: Diagnosis, plot_name: str | None, notes: list[str]) -> str:
+def _source(run: RunLog) -> str:
+    if run.trainer == "nanoGPT":
+        return f"nanoGPT's console log {run.run_dir.name} (its `iter` and `step` lines and the settings it echoes)"
+    return "metrics.jsonl and config.toml"
+
+
+def render_markdown(run_dir: Path, d: Diagnosis, plot_name: str | None, notes: list[str], source: str) -> str:
     lines = [f"# Diagnosis of `{run_dir}`", "",
-             f"Written by `gptforge diagnose` on {time.strftime('%Y-%m-%d %H:%M')} from metrics.jsonl and config.toml.",
+             f"Written by `gptforge diagnose` on {time.strftime('%Y-%m-%d %H:%M')} from {source}.",
              "", "## Summary", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(d)]
     lines += _versions_section(d)
@@ -174,26 +185,39 @@ def render_summary(run_dir: Path, d: Diagnosis, written: list[Path]) -> str:
     return "\n".join(lines)
 
 
-def run_diagnosis(run_dir: Path, data: str | None = None) -> Diagnosis:
+def write_diagnosis(run: RunLog, config: dict, out_dir: Path, *, prefix: str = "", data: str | None = None,
+                    notes: list[str] | None = None) -> Diagnosis:
+    """Analyse the run, write `out_dir/{prefix}diagnosis.md` and `{prefix}loss.png`, print the summary."""
     from gptforge.analysis.plot import plot_runs
 
-    run = read_run(run_dir)
-    config = load_config(run_dir, run)
     train_tokens, chars_per_token, note = _dataset(config, data)
     d = analyse(run, config, train_tokens, chars_per_token)
-    notes = [note] if note else []
+    notes = list(notes or []) + ([note] if note else [])
     if run.skipped_lines:
         notes.append(f"{run.skipped_lines} unreadable line(s) in metrics.jsonl were skipped (a crash mid-write?)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a directory")
+    report, plot = out_dir / (prefix + REPORT), out_dir / (prefix + PLOT)
     written, plot_name = [], None
-    if run.logs or run.evals:
-        plot_runs([run], run_dir / PLOT, title=f"run {run_dir}")
-        plot_name = PLOT
-        written.append(run_dir / PLOT)
-    atomic_write_text(run_dir / REPORT, render_markdown(run_dir, d, plot_name, notes))
-    written.insert(0, run_dir / REPORT)
-    print(render_summary(run_dir, d, written))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if run.logs or run.evals:
+            plot_runs([run], plot, title=f"run {run.run_dir}")
+            plot_name = plot.name
+            written.append(plot)
+        atomic_write_text(report, render_markdown(run.run_dir, d, plot_name, notes, _source(run)))
+    except PermissionError as e:
+        raise UserError(f"cannot write the diagnosis into {out_dir} ({e.strerror}): choose a folder with --out DIR") \
+            from None
+    written.insert(0, report)
+    print(render_summary(run.run_dir, d, written))
     return d
 
 
-def diagnose_command(run_dir, data=None):
-    return run_diagnosis(Path(run_dir), data)
+def run_diagnosis(run_dir: Path, data: str | None = None, out: str | None = None) -> Diagnosis:
+    run = read_run(run_dir)
+    return write_diagnosis(run, load_config(run_dir, run), Path(out) if out else run_dir, data=data)
+
+
+def diagnose_command(run_dir, data=None, out=None):
+    return run_diagnosis(Path(run_dir), data, out)

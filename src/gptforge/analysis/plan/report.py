@@ -136,9 +136,14 @@ def _memory_block(cfg: Config, plan: dict) -> list[str]:
 
 
 def _time_block(plan: dict) -> list[str]:
-    procs = plan["processes"]
+    procs, conv = plan["processes"], plan["mfu_converted"]
     lines = [f"time at {plan['mfu'] * 100:.0f}% MFU" + (f" on {procs} GPUs" if procs > 1 else "")
              + ("" if "gpu" in plan else " (pass --gpu NAME for your card)")]
+    if conv:
+        ref, card = conv["reference"], conv["card"]
+        lines[0] += (f": {conv['given'] * 100:g}% of the {ref.label}'s {ref.peak_flops / 1e12:g} TFLOPS"
+                     + (" (nanoGPT's convention)" if ref.name == "a100" else "")
+                     + f" is {plan['mfu'] * 100:.1f}% of the {card.label}'s {card.peak_flops / 1e12:g}")
     for label, seconds in plan["times"].items():
         lines.append(f"  {label:<24}{duration(seconds)}")
     return lines

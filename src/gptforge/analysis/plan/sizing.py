@@ -219,13 +219,53 @@ def resolve_vocab(cfg: Config, vocab_size: int | None, data: DataInfo | None) ->
     return vocab, source
 
 
+MFU_TEXT = re.compile(r"^\s*(\d+(?:\.\d*)?)\s*(%?)\s*(?:@\s*(\S.*?))?\s*$")
+
+
+def parse_mfu(text) -> tuple[float, Gpu | None]:
+    """(fraction, the card whose peak it is against, if not the one planned for) from --mfu: 0.4, 40%, or
+    10%@A100, a figure against another card's peak, as nanoGPT prints it (always against an A100's 312 TFLOPS;
+    10%@nanogpt says the same)."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value, ref = float(text), None
+    else:
+        m = MFU_TEXT.match(str(text))
+        if not m:
+            raise UserError(f"--mfu {text!r}: give a fraction (0.4), a percentage (40%) or a figure against another "
+                            "card's peak (10%@A100: what nanoGPT prints, always against an A100)")
+        value = float(m.group(1)) / (100 if m.group(2) else 1)
+        name = m.group(3)
+        ref = find_gpu("a100" if name and name.lower() == "nanogpt" else name) if name else None
+    if not 0 < value <= 1:
+        raise UserError(f"--mfu {text}: give a fraction between 0 and 1 (e.g. 0.4 for 40%)")
+    return value, ref
+
+
+def _real_mfu(mfu, gpu: str | None) -> tuple[float, dict | None]:
+    """The MFU against the planned card's own peak, and how it was converted from another card's."""
+    rate, ref = parse_mfu(mfu) if mfu is not None else (DEFAULT_MFU, None)
+    if ref is None:
+        return rate, None
+    if not gpu:
+        raise UserError(f"--mfu {mfu}: a figure against the {ref.label}'s peak is converted to the card it was "
+                        "measured on: name that card with --gpu")
+    card = find_gpu(gpu)
+    if not (ref.peak_flops and card.peak_flops):
+        raise UserError(f"--mfu {mfu}: the peak FLOP/s of {ref.label if not ref.peak_flops else card.label} is not "
+                        "in gptforge's table")
+    real = rate * ref.peak_flops / card.peak_flops
+    if real > 1:
+        raise UserError(f"--mfu {mfu} on the {card.label} would be {real:.0%} of its peak: was it measured on "
+                        "another card?")
+    return real, {"given": rate, "reference": ref, "card": card}
+
+
 def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, vocab_size: int | None = None,
-              mfu: float | None = None, processes: int = 1) -> dict:
+              mfu: float | str | None = None, processes: int = 1) -> dict:
     """Every number `gptforge plan` prints, in one dict (tests and other tools read it)."""
     if processes < 1:
         raise UserError(f"--processes must be at least 1, got {processes}")
-    if mfu is not None and not 0 < mfu <= 1:
-        raise UserError(f"--mfu {mfu:g}: give a fraction between 0 and 1 (e.g. 0.4 for 40%)")
+    rate, converted = _real_mfu(mfu, gpu)
     notes = []
     data_dir = data or cfg.data.data or None
     info = None
@@ -263,8 +303,7 @@ def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, voca
     plan["memory_mode"] = mode
     plan["memory"] = {k: memory_estimate(cfg, counts, vocab, tc.batch_size, k, processes)
                       for k in (("compiled", "eager") if mode != "fp32" else ("fp32",))}
-    rate = mfu if mfu is not None else DEFAULT_MFU
-    plan["mfu"] = rate
+    plan["mfu"], plan["mfu_converted"] = rate, converted
     if gpu:
         card = find_gpu(gpu)
         plan["gpu"] = card
@@ -282,14 +321,20 @@ def _seconds(total_flops: float, gpu: Gpu, mfu: float, processes: int) -> float 
     return total_flops / (gpu.peak_flops * mfu * processes)
 
 
-PARAM_CLAIM = re.compile(r"(\d+(?:\.\d+)?)\s*([MB])\b")
+SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([MB])\b")
+# a size is a claim about the model when parameters or the model follow it ("124M model", "1.5B params",
+# "a 350M-parameter GPT") or a model's name comes just before it ("GPT-2 (124M)", "gpt2-xl 1.5B"); sizes of
+# tokens, batches or datasets ("FineWeb 10B", "~0.5M" tokens per batch, "300B") are not
+PARAMS_AFTER = re.compile(r"[\s-]*(?:param|parameter|model|weights|gpt|llm)", re.IGNORECASE)
+MODEL_BEFORE = re.compile(r"(?:gpt-?\d*(?:-\w+)?|llama\S*|model)\s*[(\[]?\s*$", re.IGNORECASE)
 
 
 def claimed_sizes(config_path: str | Path) -> list[tuple[int, float]]:
-    """(line, parameters) for each size a comment of the config file claims, e.g. '# the 125M model'."""
+    """(line, parameters) for each model size a comment of the config file claims, e.g. '# the 125M model'."""
     claims = []
     for number, line in enumerate(Path(config_path).read_text(encoding="utf-8").splitlines(), start=1):
         comment = line.partition("#")[2]
-        for value, unit in PARAM_CLAIM.findall(comment):
-            claims.append((number, float(value) * (1e6 if unit == "M" else 1e9)))
+        for m in SIZE.finditer(comment):
+            if PARAMS_AFTER.match(comment, m.end()) or MODEL_BEFORE.search(comment[:m.start()]):
+                claims.append((number, float(m.group(1)) * (1e6 if m.group(2) == "M" else 1e9)))
     return claims
