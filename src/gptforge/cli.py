@@ -155,12 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_tokenizer_train)
 
     p = sub.add_parser("download", help="download dataset shards (parallel, resumable, verified)")
-    p.add_argument("name", metavar="NAME|URL_TEMPLATE")
+    p.add_argument("name", metavar="NAME|URL_TEMPLATE|hf://datasets/OWNER/REPO[@REV]/GLOB")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--shards", type=int, required=True)
-    p.add_argument("--start", type=int, default=0, help="first shard index")
+    p.add_argument("--shards", type=int, default=None,
+                   help="train shards to fetch (required but for hf:// URLs, which default to every match)")
+    p.add_argument("--start", type=int, default=0, help="first shard index (hf://: first match to take)")
     p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror)")
+    p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror); "
+                   "without it, named datasets and hf:// use huggingface_hub, which follows HF_ENDPOINT")
     p.set_defaults(func=_download)
 
     for name, func, help_text in (("train", _train, "train a GPT (config keys as --key=value)"),
