@@ -23,7 +23,9 @@ def _prepare(a):
 def _tokenizer_train(a):
     from gptforge.data.prepare import train_tokenizer
 
-    train_tokenizer(a.sources, a.out, vocab_size=a.vocab_size, max_chars=a.max_chars, options=_source_options(a))
+    specials = [t.strip() for t in a.special_tokens.split(",")] if a.special_tokens else []
+    train_tokenizer(a.sources, a.out, vocab_size=a.vocab_size, max_chars=a.max_chars, options=_source_options(a),
+                    pattern=a.pattern, special_tokens=specials)
 
 
 def _download(a):
@@ -151,6 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--vocab-size", type=int, required=True)
     t.add_argument("--out", required=True, metavar="TOK_DIR")
     t.add_argument("--max-chars", type=int, default=2_000_000_000, help="train on at most this many characters")
+    t.add_argument("--pattern", choices=["gpt2", "gpt4", "nanochat"], default="gpt2",
+                   help="how text is split before BPE: GPT-2's regex, GPT-4's (cl100k), or nanochat's (GPT-4's "
+                        "with numbers in runs of at most 2 digits)")
+    t.add_argument("--special-tokens", default="", metavar="TOK,TOK,...",
+                   help="extra special tokens after <|endoftext|> (id 0), e.g. '<|bos|>,<|user_start|>,<|user_end|>'")
     _add_source_flags(t)
     t.set_defaults(func=_tokenizer_train)
 
