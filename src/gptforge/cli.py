@@ -83,7 +83,7 @@ def _inspect(a):
 def _export(a):
     from gptforge.interop.export import export_command
 
-    export_command(a.run_dir, fmt=a.format, out=a.out)
+    export_command(a.run_dir, fmt=a.format, out=a.out, push_to_hub=a.push_to_hub, private=a.private)
 
 
 def _import_nanogpt(a):
@@ -227,6 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", default="hf", choices=["hf"])
     p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
+                   help="then upload DIR to this Hub model repository (created if missing; HF_TOKEN or hf auth login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-nanogpt", help="turn a nanoGPT ckpt.pt into a gptforge run")
