@@ -8,7 +8,8 @@ Read off huggingface_hub's own source (hf_api.py, file_download.py, _commit_api.
                                                             git blob id as ETag; LFS files answer 302 to a second
                                                             server (the "CDN", another origin, so no token goes
                                                             there) with X-Linked-Size and X-Linked-Etag (sha256)
-  POST /api/repos/create, /api/models/REPO/preupload/REV, /api/models/REPO/commit/REV   upload_folder
+  POST /api/repos/create, /api/validate-yaml, /api/models/REPO/preupload/REV, /api/models/REPO/commit/REV
+                                                            create_repo and upload_folder
 Uploads are answered "regular" (content inline in the commit), so no LFS or Xet server is needed.
 
 Misbehaviour on cue: `fake.script[(METHOD, PATH)]` is a list of actions taken by the next requests to PATH:
@@ -170,6 +171,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.resolve(kind, m.group(2), unquote(m.group(3)), unquote(m.group(4)), action)
         if parts.path == "/api/repos/create":
             return self.create_repo(json.loads(body))
+        if parts.path == "/api/validate-yaml":  # a README.md's metadata, checked before a commit
+            return self.json({"errors": [], "warnings": []})
         m = re.fullmatch(r"/api/(models|datasets)/([^/]+/[^/]+)/(preupload|commit)/([^/]+)", parts.path)
         if m and method == "POST":
             handler = self.preupload if m.group(3) == "preupload" else self.commit

@@ -15,10 +15,10 @@ from gptforge.train.checkpoint import save_checkpoint
 transformers = pytest.importorskip("transformers")
 
 
-def make_run(tmp_path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None, name="run"):
+def make_run(tmp_path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None, name="run", data="", **state):
     run = tmp_path / name
     cfg = build_config(dict(arch=arch, n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=vocab_size,
-                            bias=bias, out=str(run)))
+                            bias=bias, out=str(run), data=data))
     torch.manual_seed(0)
     model = GPT(cfg.model)
     g = torch.Generator().manual_seed(1)
@@ -26,7 +26,7 @@ def make_run(tmp_path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None,
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     save_checkpoint(run, 7, model_state=model.state_dict(), optimizer_state={}, extra_tensors={},
-                    state={"step": 7, "tokens_seen": 0, "config": cfg.flat()}, keep_last=2, is_best=False)
+                    state={"step": 7, "tokens_seen": 0, "config": cfg.flat(), **state}, keep_last=2, is_best=False)
     if tokenizer is not None:
         tokenizer.save(run / "tokenizer")
     return run, model.eval()
