@@ -133,7 +133,7 @@ def test_a_corrupted_file_is_caught_before_it_appears(fake, tmp_path):
 
 
 def test_one_bad_transfer_is_fetched_again(fake, tmp_path):
-    fake.add("o/r", {"a.parquet": shard(0), "small.json": b'{"x": 1}'})
+    fake.add("o/r", {"a.parquet": shard(0), "small.json": b'{"x": 1}', ".gitattributes": b"*.parquet lfs"})
     fake.script[("GET", fake.cdn_path("o/r", "a.parquet"))] += ["corrupt"]
     # a small (non-LFS) file is checked against its git blob id
     fake.script[("GET", "/datasets/o/r/resolve/" + fake.repos[("dataset", "o/r")].refs["main"] + "/small.json")] += [
@@ -141,6 +141,7 @@ def test_one_bad_transfer_is_fetched_again(fake, tmp_path):
     out = tmp_path / "out"
     fetch("hf://datasets/o/r", out)
     assert (out / "a.parquet").read_bytes() == shard(0) and (out / "small.json").read_bytes() == b'{"x": 1}'
+    assert not (out / ".gitattributes").exists()  # hidden files are not part of a glob (every repo has this one)
     assert len(fake.requests("cdn", "GET")) == 2
 
 
@@ -270,3 +271,13 @@ def test_shards_is_required_but_for_hf_urls(tmp_path):
     for name in ("climbmix-400b-shuffle", "https://h/x_{index}.bin"):
         with pytest.raises(UserError, match=r"--shards is required for .* \(only hf:// URLs default to every"):
             download(name, tmp_path / "o", shards=None)
+
+
+def test_nested_folders_keep_their_path_below_the_glob(fake, tmp_path):
+    fake.add("o/web", {"data/CC-2013/000.parquet": shard(0, 100), "data/CC-2014/000.parquet": shard(1, 100),
+                       "data/CC-2014/001.parquet": shard(2, 100), "other/x.parquet": shard(3, 100)})
+    out = tmp_path / "out"
+    fetch("hf://datasets/o/web/data/**/*.parquet", out)
+    assert visible(out) == ["CC-2013/000.parquet", "CC-2014/000.parquet", "CC-2014/001.parquet"]
+    assert record(out)["CC-2014/000.parquet"]["path"] == "data/CC-2014/000.parquet"
+    assert fetch("hf://datasets/o/web/data/**/*.parquet", out).fetched == []

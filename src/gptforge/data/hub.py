@@ -11,6 +11,7 @@ download.py keeps (DIR/.gptforge-download.json) gets, besides its own keys, the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import queue
 import re
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from gptforge.errors import UserError
+from gptforge.errors import UserError, raise_first
 from gptforge.fsutil import atomic_write_json, fsync_dir
 from gptforge.progress import StatusLine
 
@@ -44,6 +45,7 @@ class HubFile:
     repo: str
     commit: str
     path: str  # inside the repo
+    name: str  # inside DIR (its key in the provenance file)
     dest: Path
     role: str  # "train" or "val"
     source: str  # the canonical https URL: the file's identity in the provenance file
@@ -201,7 +203,9 @@ class _Hub:
         def fn(_):
             tree = self.api.list_repo_tree(repo, path_in_repo=folder or None, recursive=True, revision=commit,
                                            repo_type="dataset")
-            return [f for f in tree if hasattr(f, "blob_id") and regex.fullmatch(f.path)]
+            # files only, and as a shell glob, none with a hidden part (every repo has a .gitattributes)
+            return [f for f in tree if hasattr(f, "blob_id") and regex.fullmatch(f.path)
+                    and not any(part.startswith(".") for part in f.path.split("/"))]
         return self.call(f"hf://datasets/{repo}@{commit[:12]}/{pattern}", fn)
 
     def paths_info(self, repo: str, commit: str, paths: list[str]) -> dict:
@@ -255,8 +259,6 @@ class _Record:
     """download.py's DIR/.gptforge-download.json, with repo, commit and path added to each Hub file's entry."""
 
     def __init__(self, out: Path):
-        import json
-
         self.path, self.lock = out / RECORD, threading.Lock()
         try:
             self.doc = json.loads(self.path.read_text(encoding="utf-8"))
@@ -268,7 +270,7 @@ class _Record:
         return self.doc["files"].get(name) or {}
 
     def check(self, f: HubFile) -> None:
-        known = self.get(f.dest.name).get("source")
+        known = self.get(f.name).get("source")
         if known and known != f.source and f.dest.exists():
             raise UserError(f"{f.dest} was downloaded from {known}, not {f.source}: "
                             "use another --out directory for this dataset")
@@ -277,8 +279,8 @@ class _Record:
         entry = {"source": f.source, "size": f.size, "role": f.role, "sha256": sha256,
                  "repo": f.repo, "revision": f.commit, "path": f.path, "git_oid": f.git_oid}
         with self.lock:
-            if self.doc["files"].get(f.dest.name) != entry:
-                self.doc["files"][f.dest.name] = entry
+            if self.doc["files"].get(f.name) != entry:
+                self.doc["files"][f.name] = entry
                 atomic_write_json(self.path, self.doc)
 
 
@@ -286,7 +288,7 @@ def _complete(f: HubFile, record: _Record) -> bool:
     """The file in DIR is the one the Hub lists: known from the record, else hashed once."""
     if not f.dest.is_file() or f.dest.stat().st_size != f.size:
         return False
-    entry = record.get(f.dest.name)
+    entry = record.get(f.name)
     if entry.get("git_oid") == f.git_oid or (f.sha256 and entry.get("sha256") == f.sha256):
         return True
     try:
@@ -308,7 +310,7 @@ def _plan_url(hub: _Hub, url: str, out: Path, shards: int | None, start: int) ->
     if not chosen:
         raise UserError(f"{url}: {len(found)} files match; --start {start} leaves none")
     folder = _literal_folder(pattern)
-    return [_hub_file(repo, revision, commit, info, out / info.path[len(folder):].lstrip("/"), "train")
+    return [_hub_file(repo, revision, commit, info, out, info.path[len(folder):].lstrip("/"), "train")
             for info in chosen]
 
 
@@ -324,14 +326,14 @@ def _plan_jobs(hub: _Hub, jobs, out: Path) -> list[HubFile]:
         if missing:
             raise UserError(f"hf://datasets/{repo}@{revision}: {missing[0]} is not in the dataset "
                             f"({len(missing)} file(s) missing at commit {commit[:12]})")
-        files += [_hub_file(repo, revision, commit, infos[path], job.path, job.role) for path, job in mine]
+        files += [_hub_file(repo, revision, commit, infos[path], out, job.path.name, job.role) for path, job in mine]
     return files
 
 
-def _hub_file(repo: str, revision: str, commit: str, info, dest: Path, role: str) -> HubFile:
+def _hub_file(repo: str, revision: str, commit: str, info, out: Path, name: str, role: str) -> HubFile:
     lfs = getattr(info, "lfs", None)
     sha = lfs.sha256 if lfs is not None else None
-    return HubFile(repo, commit, info.path, dest, role, canonical_url(repo, revision, info.path),
+    return HubFile(repo, commit, info.path, name, out / name, role, canonical_url(repo, revision, info.path),
                    int(info.size), sha, info.blob_id)
 
 
@@ -352,10 +354,6 @@ def download(name: str, out, shards: int | None, workers: int, start: int = 0, e
     line = StatusLine(progress_stream or sys.stderr)
     hub = _Hub(endpoint, policy or RetryPolicy(), line.say)
     files = _plan_jobs(hub, jobs, out) if jobs is not None else _plan_url(hub, name, out, shards, start)
-    names = {}
-    for f in files:
-        if f.dest.name.startswith(".") or names.setdefault(f.dest, f.path) != f.path:
-            raise UserError(f"{name}: {f.path} and {names.get(f.dest)} would both be saved as {f.dest}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -437,9 +435,4 @@ def _run_all(hub: _Hub, files: list[HubFile], out: Path, record: _Record, worker
         line.clear()
         raise
     line.clear()
-    if errors:
-        first = errors[0]
-        if not isinstance(first, UserError):
-            raise first  # a bug: keep its traceback
-        more = f" (and {len(errors) - 1} more file(s) failed)" if len(errors) > 1 else ""
-        raise UserError(f"{first}{more}")
+    raise_first(errors)
