@@ -90,7 +90,7 @@ def model_card(run_dir: Path, state: dict, n_params: int, tokenizer_note: str, r
              "", "## Tokenizer", "", f"- {tokenizer_note}", "", "## Use", "", "```python",
              "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
              f'model = AutoModelForCausalLM.from_pretrained("{name}"{trust})',
-             f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
+             f'tokenizer = AutoTokenizer.from_pretrained("{name}"{trust})',
              'ids = tokenizer("The capital of France is", return_tensors="pt").input_ids',
              "print(tokenizer.decode(model.generate(ids, max_new_tokens=20, do_sample=False)[0]))", "```", "",
              "Evaluate with lm-evaluation-harness:", "", "```bash",
