@@ -155,6 +155,7 @@ def test_a_wrong_size_is_refused(fake, tmp_path):
 
 
 def test_rate_limits_and_dropped_connections_are_survived(fake, tmp_path, monkeypatch):
+    import huggingface_hub
     import huggingface_hub.constants as constants
 
     monkeypatch.setattr(constants, "DOWNLOAD_CHUNK_SIZE", 16384)  # (10 MB: a test file would arrive in one piece)
@@ -169,7 +170,9 @@ def test_rate_limits_and_dropped_connections_are_survived(fake, tmp_path, monkey
     fetch("hf://datasets/o/r/*.parquet", out)
     assert (out / "a.parquet").read_bytes() == shard(0, 200_000) and (out / "b.parquet").read_bytes() == shard(1)
     ranges = [r["range"] for r in fake.requests("cdn", "GET", fake.cdn_path("o/r", "a.parquet"))]
-    assert ranges[0] is None and ranges[1].startswith("bytes=") and int(ranges[1][6:].split("-")[0]) > 0
+    assert ranges[0] is None and len(ranges) == 2
+    if int(huggingface_hub.__version__.split(".")[0]) >= 1:  # (0.x fetches the file again from its start)
+        assert ranges[1].startswith("bytes=") and int(ranges[1][6:].split("-")[0]) > 0
 
 
 def test_named_dataset_fetches_its_validation_shard_marked_as_val(fake, tmp_path):

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
-from gptforge import cli
 from gptforge.errors import UserError
 from gptforge.interop.export import export_command
 from gptforge.interop.model_card import hellaswag, last_eval
 
 from fake_hub import FakeHub
-from helpers import tree_digest
+from helpers import REPO, tree_digest
 from test_export import make_run
 
 transformers = pytest.importorskip("transformers")
@@ -67,23 +69,27 @@ def fake(monkeypatch, tmp_path):
     server.stop()
 
 
-def test_push_to_hub_uploads_the_export(fake, tmp_path, capsys):
+def test_push_to_hub_uploads_the_export(fake, tmp_path):
     from huggingface_hub import snapshot_download
 
     from gptforge.data.tokenizers import gpt2_tokenizer
 
     run, model = make_run(tmp_path, arch="modern", vocab_size=50257, tokenizer=gpt2_tokenizer())
     out = tmp_path / "hf"
-    assert cli.main(["export", str(run), "--out", str(out), "--push-to-hub", "me/tiny-gpt"]) == 0
-    said = capsys.readouterr().out
+    # a fresh process, as users run it: huggingface_hub reads HF_ENDPOINT when it is imported
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run([sys.executable, "-m", "gptforge.cli", "export", str(run), "--out", str(out),
+                           "--push-to-hub", "me/tiny-gpt"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    said = done.stdout
     repo = fake.repos[("model", "me/tiny-gpt")]
     head = repo.refs["main"]
-    assert f"pushed to {fake.url}/me/tiny-gpt/commit/{head}" in said
+    assert f"pushed to {fake.url}/me/tiny-gpt/" in said  # (the commit's URL; huggingface_hub 0.x: the tree's)
     assert {name: data for name, data in repo.commits[head].items()} == {
         p.name: p.read_bytes() for p in out.iterdir()}
-    writes = fake.requests("hub", "POST")
-    assert [r["path"] for r in writes] == ["/api/repos/create", "/api/validate-yaml", "/api/models/me/tiny-gpt/"
-                                           "preupload/main", "/api/models/me/tiny-gpt/commit/main"]
+    writes = [r for r in fake.requests("hub", "POST") if r["path"] != "/api/validate-yaml"]  # (the card's metadata)
+    assert [r["path"] for r in writes] == ["/api/repos/create", "/api/models/me/tiny-gpt/preupload/main",
+                                           "/api/models/me/tiny-gpt/commit/main"]
     assert {r["auth"] for r in writes} == {"Bearer hf_write_token"}
     assert "me/tiny-gpt" in (out / "README.md").read_text()  # the card names the repository
     # what was pushed loads from the Hub and computes the model's logits

@@ -29,7 +29,8 @@ def write_hf_tokenizer(tok: Tokenizer, directory: str | Path, model_max_length: 
     """Write `tok` into `directory` in Hugging Face's format; return what was written, in words."""
     directory = Path(directory)
     specials = [t for t in getattr(tok, "special_tokens", []) if t != EOT]
-    config = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "clean_up_tokenization_spaces": False}
+    config = {"bos_token": EOT, "eos_token": EOT, "unk_token": EOT, "clean_up_tokenization_spaces": False,
+              "model_input_names": ["input_ids", "attention_mask"]}  # no token_type_ids: a GPT has no segments
     if specials:
         config["additional_special_tokens"] = specials
     if model_max_length:

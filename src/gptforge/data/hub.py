@@ -133,11 +133,14 @@ def _explain(error: BaseException, what: str) -> UserError | None:
         EntryNotFoundError,
         GatedRepoError,
         HfHubHTTPError,
+        LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
     login = "log in with `hf auth login` or set HF_TOKEN"
+    if isinstance(error, LocalEntryNotFoundError):  # the Hub could not be asked (and no cached copy): transient
+        return None
     if isinstance(error, GatedRepoError):
         return UserError(f"{what}: the dataset is gated: accept its terms on the Hub, then {login}")
     if isinstance(error, RepositoryNotFoundError):
@@ -154,6 +157,10 @@ def _explain(error: BaseException, what: str) -> UserError | None:
 
 
 def _first_line(error: BaseException) -> str:
+    from huggingface_hub.utils import LocalEntryNotFoundError
+
+    if isinstance(error, LocalEntryNotFoundError) and error.__cause__ is not None:
+        error = error.__cause__  # what kept the Hub from answering, not "not in the local cache"
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
