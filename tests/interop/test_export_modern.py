@@ -139,3 +139,16 @@ def test_modern_export_that_would_load_wrong_is_not_written(tmp_path, monkeypatc
     with pytest.raises(RuntimeError, match="do not reproduce"):
         export_command(run, "hf", tmp_path / "exported")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+def test_a_transformers_that_cannot_run_it_is_reported_not_fatal(tmp_path, monkeypatch, capsys):
+    run, _ = make_run(tmp_path, arch="modern", vocab_size=65)
+
+    def too_old(*args, **kwargs):
+        raise AttributeError("module 'torch.nn.functional' has no attribute 'rms_norm'")
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", too_old)
+    export_command(run, "hf", tmp_path / "hf")
+    assert (f"not checked with transformers {transformers.__version__}: it failed to run it (AttributeError: "
+            "module 'torch.nn.functional' has no attribute 'rms_norm')") in capsys.readouterr().out
+    assert (tmp_path / "hf" / "model.safetensors").is_file()  # gptforge's own read-back passed
