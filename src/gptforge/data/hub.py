@@ -241,17 +241,19 @@ class _Hub:
 def _check(f: HubFile, path: Path, remove: bool = True) -> str:
     """The file's sha256 if it is the file the Hub lists, else _Mismatch (removing the file if `remove`)."""
     size = path.stat().st_size
-    sha, git = hashlib.sha256(), hashlib.sha1(b"blob %d\0" % size)
+    sha = hashlib.sha256()
+    git = hashlib.sha1(b"blob %d\0" % size) if not f.sha256 else None  # (only small files lack a sha256)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 22), b""):
             sha.update(block)
-            git.update(block)
+            if git is not None:
+                git.update(block)
     problem = None
     if size != f.size:
         problem = f"wrong size: the Hub lists {f.size:,} bytes, got {size:,}"
     elif f.sha256 and sha.hexdigest() != f.sha256:
         problem = f"sha256 mismatch: the Hub lists {f.sha256}, the bytes hash to {sha.hexdigest()}"
-    elif not f.sha256 and git.hexdigest() != f.git_oid:
+    elif git is not None and git.hexdigest() != f.git_oid:
         problem = f"git blob id mismatch: the Hub lists {f.git_oid}, the bytes hash to {git.hexdigest()}"
     if problem:
         if remove:
