@@ -373,7 +373,7 @@ def download(name: str, out, shards: int | None, workers: int, start: int = 0, e
     token = "a token" if huggingface_hub.get_token() else "no token"
     print(f"download {name}: {len(files) - len(val)} train file(s)" + (f" + validation {val[0].dest.name}" if val
           else "") + f" from {files[0].repo} at {files[0].commit[:12]} -> {out.resolve()}", file=print_out, flush=True)
-    print(f"  {endpoint}, {token}, {xet}, {min(workers, len(files))} workers" + (f"; {about}" if about else ""),
+    print(f"  {endpoint}, {token}, {xet}, {min(workers, len(files))} worker(s)" + (f"; {about}" if about else ""),
           file=print_out, flush=True)
     disable_progress_bars()  # one gptforge status line instead of a tqdm bar per file and thread
     hf_logging.set_verbosity_error()  # its retry warnings too: gptforge says what it retries
