@@ -106,9 +106,11 @@ def sigint_default() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None, name="run", block_size=16):
+def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer=None, name="run", block_size=16,
+             data="", **state):
     """A run directory holding one checkpoint of a tiny model with trained-looking weights (nothing at its
-    init constant), and the tokenizer if given; returns (run_dir, the model in eval mode)."""
+    init constant), and the tokenizer if given; `state` adds to its state.json.
+    Returns (run_dir, the model in eval mode)."""
     import torch
 
     from gptforge.model.gpt import GPT
@@ -116,7 +118,7 @@ def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer
 
     run = tmp_path / name
     cfg = build_config(dict(arch=arch, n_layer=2, n_head=2, n_embd=32, block_size=block_size,
-                            vocab_size=vocab_size, bias=bias, out=str(run)))
+                            vocab_size=vocab_size, bias=bias, out=str(run), data=data))
     torch.manual_seed(0)
     model = GPT(cfg.model)
     g = torch.Generator().manual_seed(1)
@@ -124,7 +126,7 @@ def make_run(tmp_path: Path, arch="gpt2", vocab_size=50257, bias=True, tokenizer
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
     save_checkpoint(run, 7, model_state=model.state_dict(), optimizer_state={}, extra_tensors={},
-                    state={"step": 7, "tokens_seen": 0, "config": cfg.flat()}, keep_last=2, is_best=False)
+                    state={"step": 7, "tokens_seen": 0, "config": cfg.flat(), **state}, keep_last=2, is_best=False)
     if tokenizer is not None:
         tokenizer.save(run / "tokenizer")
     return run, model.eval()

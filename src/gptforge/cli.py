@@ -26,7 +26,9 @@ def _prepare(a):
 def _tokenizer_train(a):
     from gptforge.data.prepare import train_tokenizer
 
-    train_tokenizer(a.sources, a.out, vocab_size=a.vocab_size, max_chars=a.max_chars, options=_source_options(a))
+    specials = [t.strip() for t in a.special_tokens.split(",")] if a.special_tokens else []
+    train_tokenizer(a.sources, a.out, vocab_size=a.vocab_size, max_chars=a.max_chars, options=_source_options(a),
+                    pattern=a.pattern, special_tokens=specials)
 
 
 def _download(a):
@@ -85,7 +87,7 @@ def _inspect(a):
 def _export(a):
     from gptforge.interop.export import export_command
 
-    export_command(a.run_dir, fmt=a.format, out=a.out)
+    export_command(a.run_dir, fmt=a.format, out=a.out, push_to_hub=a.push_to_hub, private=a.private)
 
 
 def _import_nanogpt(a):
@@ -233,16 +235,24 @@ def build_parser() -> argparse.ArgumentParser:
     _number(t, "--vocab-size", int, "[1, 2^32]", "tokens in the vocabulary", required=True)
     t.add_argument("--out", required=True, metavar="TOK_DIR", help="where the tokenizer is written")
     _number(t, "--max-chars", int, "[1, inf)", "train on at most this many characters", default=2_000_000_000)
+    t.add_argument("--pattern", choices=["gpt2", "gpt4", "nanochat"], default="gpt2",
+                   help="how text is split before BPE: GPT-2's regex, GPT-4's (cl100k), or nanochat's (GPT-4's "
+                        "with numbers in runs of at most 2 digits)")
+    t.add_argument("--special-tokens", default="", metavar="TOK,TOK,...",
+                   help="extra special tokens after <|endoftext|> (id 0), e.g. '<|bos|>,<|user_start|>,<|user_end|>'")
     _add_source_flags(t)
     t.set_defaults(func=_tokenizer_train)
 
     p = sub.add_parser("download", help="download dataset shards or the HellaSwag val set (resumable, verified)")
-    p.add_argument("name", metavar="NAME|URL_TEMPLATE", help="a known dataset name, a URL with {index}, or hellaswag")
+    p.add_argument("name", metavar="NAME|URL_TEMPLATE|hf://datasets/OWNER/REPO[@REV]/GLOB",
+                   help="a known dataset name, a URL with {index}, an hf:// glob, or hellaswag")
     p.add_argument("--out", default=None, metavar="DIR", help="where the files are written (hellaswag: the cache)")
-    _number(p, "--shards", int, "[1, 1000000]", "how many shards (required but for hellaswag)")
-    _number(p, "--start", int, "[0, inf)", "first shard index", default=0)
+    _number(p, "--shards", int, "[1, 1000000]",
+            "train shards to fetch (required but for hellaswag and hf:// URLs, which default to every match)")
+    _number(p, "--start", int, "[0, inf)", "first shard index (hf://: first match to take)", default=0)
     _number(p, "--workers", int, "[1, 64]", "parallel downloads", default=4)
-    p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror)")
+    p.add_argument("--mirror", default=None, help="base URL replacing the dataset's host (e.g. an HF mirror); "
+                   "without it, named datasets and hf:// use huggingface_hub, which follows HF_ENDPOINT")
     p.set_defaults(func=_download)
 
     _add_config_command(sub, "train", _train, "train a GPT")
@@ -291,8 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export a run for other tools")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
-    p.add_argument("--format", default="hf", choices=["hf"], help="hf: a transformers GPT2LMHeadModel directory")
+    p.add_argument("--format", default="hf", choices=["hf"],
+                   help="hf: a transformers model directory (GPT2LMHeadModel, or its own code for the modern arch)")
     p.add_argument("--out", required=True, metavar="DIR", help="the directory written (absent or empty)")
+    p.add_argument("--push-to-hub", default=None, metavar="OWNER/NAME",
+                   help="then upload DIR to this Hub model repository (created if missing; HF_TOKEN or hf auth login)")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("import-nanogpt", help="turn a nanoGPT ckpt.pt into a gptforge run")

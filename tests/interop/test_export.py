@@ -33,8 +33,8 @@ def test_gpt2_run_with_gpt2_tokenizer(tmp_path):
     out = tmp_path / "exported"
     assert export_command(run, "hf", out) == out
     assert sorted(p.name for p in out.iterdir()) == [
-        "config.json", "generation_config.json", "merges.txt", "model.safetensors", "special_tokens_map.json",
-        "tokenizer_config.json", "vocab.json"]
+        "README.md", "config.json", "generation_config.json", "merges.txt", "model.safetensors",
+        "special_tokens_map.json", "tokenizer_config.json", "vocab.json"]
     idx = torch.randint(0, 50257, (2, 16), generator=torch.Generator().manual_seed(2))
     assert max_diff(model, out, idx) < 1e-5
     config = json.loads((out / "config.json").read_text())
@@ -54,8 +54,11 @@ def test_bias_free_gpt2_run(tmp_path):
     out = tmp_path / "exported"
     export_command(run, "hf", out)
     assert max_diff(model, out, torch.arange(16)[None] * 4) < 1e-5
-    # a character vocabulary has no HF tokenizer: only the model is written
-    assert sorted(p.name for p in out.iterdir()) == ["config.json", "generation_config.json", "model.safetensors"]
+    # the character vocabulary goes along as a tokenizer.json transformers reads
+    hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+    text = "HELLO, WORLD! [1+2=3?] _^"  # characters 32..95: the run's vocabulary
+    assert hf_tok.encode(text) == [ord(c) - 32 for c in text] and hf_tok.decode(hf_tok.encode(text)) == text
+    assert hf_tok.eos_token_id == 64
 
 
 def test_trained_bpe_tokenizer_is_exported(tmp_path):
@@ -68,14 +71,6 @@ def test_trained_bpe_tokenizer_is_exported(tmp_path):
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "the cat loves his crown."
     assert hf_tok.encode(text) == [int(i) for i in tok.encode(text)]
-
-
-def test_modern_arch_is_refused(tmp_path):
-    run, _ = make_run(tmp_path, arch="modern", vocab_size=65)
-    with pytest.raises(UserError, match="arch='modern' cannot be exported"):
-        export_command(run, "hf", tmp_path / "exported")
-    assert not (tmp_path / "exported").exists()
-    assert [p.name for p in tmp_path.iterdir()] == ["run"]
 
 
 def test_bad_requests(tmp_path):

@@ -69,6 +69,11 @@ DATASETS = {
     "fineweb-edu-sample-10BT": Dataset(
         f"{_HF}/HuggingFaceFW/fineweb-edu/resolve/main/sample/10BT/{{index:03d}}_00000.parquet", 13, 13,
         "FineWeb-Edu 10B-token sample: 13 train files of ~2.2 GB, file 013 = validation"),
+    # nanochat's pretraining data since it left FineWeb-Edu (karpathy/nanochat nanochat/dataset.py: MAX_SHARD = 6542,
+    # the last shard, shard_06542.parquet, is the validation split): NVIDIA's ClimbMix, pre-shuffled.
+    "climbmix-400b-shuffle": Dataset(
+        f"{_HF}/karpathy/climbmix-400b-shuffle/resolve/main/shard_{{index:05d}}.parquet", 6542, 6542,
+        "ClimbMix 400B, pre-shuffled (nanochat): 6,542 train shards, shard 6542 = validation"),
 }
 
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
@@ -553,8 +558,21 @@ class _Progress:
 
 def download(name: str, out, shards: int | None, workers: int = 4, mirror: str | None = None, start: int = 0, *,
              policy: RetryPolicy | None = None, out_stream=None, progress_stream=None) -> Summary:
-    """Fetch train shards start..start+shards-1 of NAME (a named dataset or a URL template) into OUT,
+    """Fetch train shards start..start+shards-1 of NAME (a named dataset, a URL template or an hf:// glob) into OUT,
     or the pinned file NAME into OUT (default: its folder in the cache)."""
+    if shards is None and not name.startswith("hf://") and name not in PINNED:
+        raise UserError(f"--shards is required for {name} (only hf:// URLs default to every matching file)")
+    if name.startswith("hf://") or (name in DATASETS and not mirror):
+        # the Hub's own client (HF_ENDPOINT, the token file, hf-xet), gptforge's checks on top; a named dataset
+        # with --mirror stays on the plain HTTP client below, which any static mirror of the files can serve
+        from gptforge.data import hub
+
+        if out is None:
+            raise UserError(f"{name}: say where the files go with --out DIR")
+        jobs = None if name.startswith("hf://") else plan(name, out, shards, start)
+        return hub.download(name, out, shards, workers, start, mirror, jobs=jobs, summary=Summary(),
+                            about=DATASETS[name].about if jobs else None, out_stream=out_stream,
+                            progress_stream=progress_stream)
     if workers < 1:
         raise UserError(f"--workers must be at least 1 (got {workers})")
     policy = policy or RetryPolicy()

@@ -440,8 +440,12 @@ def _print_summary(manifest: dict, sources: list[Source], tallies: dict[int, Sou
 
 
 def train_tokenizer(specs: list[str], out: str | os.PathLike, vocab_size: int, max_chars: int = 2_000_000_000,
-                    options: SourceOptions | None = None) -> Tokenizer:
-    """`gptforge tokenizer train`: a byte-level BPE learned from (at most max_chars of) the sources."""
+                    options: SourceOptions | None = None, pattern: str = "gpt2",
+                    special_tokens: list[str] | tuple = ()) -> Tokenizer:
+    """`gptforge tokenizer train`: a byte-level BPE learned from (at most max_chars of) the sources, saved with
+    Hugging Face's tokenizer files beside it."""
+    from gptforge.data.hf_tokenizer import write_hf_tokenizer
+
     sources = open_sources(specs, options)
     for s in sources:
         s.check()
@@ -456,7 +460,10 @@ def train_tokenizer(specs: list[str], out: str | os.PathLike, vocab_size: int, m
                     return
 
     started = time.time()
-    tok = train_bpe(texts(), vocab_size, out)
-    print(f"trained a byte-level BPE with {tok.vocab_size:,} tokens in {time.time() - started:.1f}s -> {out}")
+    tok = train_bpe(texts(), vocab_size, out, pattern=pattern, special_tokens=special_tokens)
+    write_hf_tokenizer(tok, out)
+    specials = f", special tokens {' '.join(tok.special_tokens)}" if len(tok.special_tokens) > 1 else ""
+    print(f"trained a byte-level BPE with {tok.vocab_size:,} tokens ({pattern} split pattern{specials}) in "
+          f"{time.time() - started:.1f}s -> {out} (also loads with transformers' AutoTokenizer)")
     print(f"use it with: gptforge prepare SOURCE... --tokenizer {out} --out DATA_DIR")
     return tok

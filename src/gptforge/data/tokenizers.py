@@ -23,6 +23,11 @@ EOT = "<|endoftext|>"
 GPT2_VOCAB, GPT2_EOT = 50257, 50256  # GPT-2's vocabulary size and its end-of-text id
 META_FILE = "tokenizer_meta.json"
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# GPT-4's (cl100k): case-insensitive contractions, a letter run may take one leading non-letter, numbers in runs
+# of at most 3 digits, newlines kept apart. nanochat's tokenizer uses it with runs of at most 2 digits.
+GPT4_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|\s*[\r\n]|"""
+                r"""\s+(?!\S)|\s+""")
+PATTERNS = {"gpt2": GPT2_PATTERN, "gpt4": GPT4_PATTERN, "nanochat": GPT4_PATTERN.replace(r"\p{N}{1,3}", r"\p{N}{1,2}")}
 
 
 class Tokenizer:
@@ -58,6 +63,7 @@ class TiktokenTokenizer(Tokenizer):
         self.eot_id = encoding.eot_token
         self.vocab_size = encoding.n_vocab
         self.source_dir = source_dir
+        self.special_tokens = sorted(encoding.special_tokens_set, key=encoding.encode_single_token)
 
     def encode(self, text: str) -> np.ndarray:
         return self.enc.encode_to_numpy(text, disallowed_special=())
@@ -198,8 +204,21 @@ def _trained_bpe(directory: Path) -> TiktokenTokenizer:
         ranks = {bytes(decoder[ch] for ch in tok): i for tok, i in vocab.items() if tok not in specials}
     except KeyError:
         raise UserError(f"tokenizer {path} is not byte-level (its vocabulary has non-byte symbols)") from None
-    enc = tiktoken.Encoding(name=directory.name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens=specials)
+    enc = tiktoken.Encoding(name=directory.name, pat_str=_split_pattern(doc.get("pre_tokenizer"), path),
+                            mergeable_ranks=ranks, special_tokens=specials)
     return TiktokenTokenizer(enc, "bpe", f"bpe{len(vocab)}", sha256_file(path), source_dir=directory)
+
+
+def _split_pattern(pre: dict | None, path: Path) -> str:
+    """The regex a byte-level tokenizer.json splits text with: GPT-2's built into ByteLevel, or a Split's own."""
+    steps = (pre or {}).get("pretokenizers", [pre]) if (pre or {}).get("type") == "Sequence" else [pre or {}]
+    for step in steps:
+        if step.get("type") == "Split" and "Regex" in step.get("pattern", {}):
+            return step["pattern"]["Regex"]
+        if step.get("type") == "ByteLevel" and step.get("use_regex", True):
+            return GPT2_PATTERN
+    raise UserError(f"tokenizer {path}: its pre_tokenizer splits text in a way gptforge does not read "
+                    "(expected ByteLevel, or a Split regex followed by ByteLevel)")
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
@@ -231,18 +250,33 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
     raise UserError(f"tokenizer file {meta_path}: unknown kind {kind!r}")
 
 
-def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike) -> TiktokenTokenizer:
-    """Train a byte-level BPE (HF tokenizers, Rust, all cores) and save it to `out`."""
+def train_bpe(texts: Iterable[str], vocab_size: int, out: str | os.PathLike, pattern: str = "gpt2",
+              special_tokens: Sequence[str] = ()) -> TiktokenTokenizer:
+    """Train a byte-level BPE (HF tokenizers, Rust, all cores) splitting text with PATTERNS[pattern] first, and
+    save it to `out`. The end-of-text token is id 0; `special_tokens` follow it, ids 1, 2, ..."""
+    from tokenizers import Regex, decoders, models, pre_tokenizers, trainers
     from tokenizers import Tokenizer as HFTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, trainers
 
-    if vocab_size < 257 + 1:
-        raise UserError(f"--vocab-size must be at least 258 (256 bytes, end-of-text and one merge), got {vocab_size}")
+    if pattern not in PATTERNS:
+        raise UserError(f"--pattern {pattern!r}: expected one of {', '.join(PATTERNS)}")
+    specials = [EOT] + list(special_tokens)
+    bad = [t for t in special_tokens if not t or t.isspace()]
+    if bad or len(set(specials)) != len(specials):
+        raise UserError(f"--special-tokens {', '.join(special_tokens)}: each must be a distinct, non-blank string "
+                        f"other than {EOT} (which is always there, id 0)")
+    if vocab_size < 256 + len(specials) + 1:
+        raise UserError(f"--vocab-size must be at least {256 + len(specials) + 1} (256 bytes, {len(specials)} "
+                        f"special token(s) and one merge), got {vocab_size}")
     hf = HFTokenizer(models.BPE())
-    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    if pattern == "gpt2":  # GPT-2's split is ByteLevel's own regex (and keeps such files as they always were)
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    else:
+        hf.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(PATTERNS[pattern]), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
     hf.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOT], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     hf.train_from_iterator(texts, trainer=trainer)

@@ -1,4 +1,5 @@
-"""Hugging Face GPT-2 <-> gptforge's gpt2 arch, without needing `transformers` at run time.
+"""Hugging Face GPT-2 <-> gptforge's gpt2 arch, without needing `transformers` at run time; and the modern arch
+out, as a transformers model whose code (hf_modern/) ships in the exported folder.
 
 The two share parameter names (both descend from OpenAI's GPT-2) up to a "transformer." prefix; HF
 stores the four projection matrices as Conv1D weights, [in, out], where nn.Linear keeps [out, in].
@@ -194,3 +195,35 @@ def load_hf_gpt2(path: str, *, dropout: float = 0.0, block_size: int | None = No
     if block_size is not None and block_size != cfg.block_size:
         model.crop_block_size(block_size)
     return model
+
+
+# ---- the modern arch --------------------------------------------------------------------------------
+
+MODERN_CODE = ("configuration_gptforge.py", "modeling_gptforge.py")  # in hf_modern/, copied into the export
+
+
+def modern_hf_config(cfg: ModelConfig, padded_vocab_size: int, eot_id: int | None) -> dict:
+    """config.json of a modern-arch export: GptforgeConfig's fields and where transformers finds the code."""
+    doc = {
+        "architectures": ["GptforgeForCausalLM"], "model_type": "gptforge",
+        "auto_map": {"AutoConfig": "configuration_gptforge.GptforgeConfig",
+                     "AutoModelForCausalLM": "modeling_gptforge.GptforgeForCausalLM"},
+        "vocab_size": cfg.vocab_size, "padded_vocab_size": padded_vocab_size, "n_layer": cfg.n_layer,
+        "n_head": cfg.n_head, "n_embd": cfg.n_embd, "block_size": cfg.block_size,
+        "logit_softcap": cfg.logit_softcap, "rope_base": cfg.rope_base, "tie_word_embeddings": False,
+        "use_cache": True, "torch_dtype": "float32",
+    }
+    if eot_id is not None:
+        doc["bos_token_id"] = doc["eos_token_id"] = eot_id
+    return doc
+
+
+def modern_config_from_hf(doc: dict) -> ModelConfig:
+    return ModelConfig(arch="modern", n_layer=doc["n_layer"], n_head=doc["n_head"], n_embd=doc["n_embd"],
+                       block_size=doc["block_size"], vocab_size=doc["vocab_size"], bias=False, dropout=0.0,
+                       logit_softcap=doc["logit_softcap"], rope_base=doc["rope_base"])
+
+
+def modern_hf_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The modern arch's weights under the same names (the shipped code mirrors model/gpt.py), fp32, unshared."""
+    return {name: t.detach().to("cpu", torch.float32).contiguous().clone() for name, t in state.items()}
