@@ -44,7 +44,7 @@ EVERY_FLAG = {
     "diagnose": ["r", "--data", "d", "--config", "c.py", "--gpu", "A100", "--out", "o"],
     "plot": ["r", "--out", "x.png", "--log"],
     "inspect": ["d"],
-    "export": ["r", "--format", "hf", "--out", "o"],
+    "export": ["r", "--format", "hf", "--out", "o", "--push-to-hub", "me/m", "--private"],
     "import-nanogpt": ["ckpt.pt", "--out", "o", "--data", "d"],
     "demo": ["--out", "o", "--seconds", "10"],
     "train": ["c.toml"],

@@ -124,5 +124,5 @@ def test_bad_requests_in_one_line(fake, tmp_path, capsys):
     assert cli.main(["download", "fineweb-sample-10BT", "--shards", "1"]) == 1
     assert "say where the files go with --out DIR" in capsys.readouterr().err
     assert cli.main(["download", "fineweb-sample-10BT", "--out", str(tmp_path / "d")]) == 1
-    assert "say how many shards to fetch with --shards N" in capsys.readouterr().err
+    assert "--shards is required for fineweb-sample-10BT" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
