@@ -90,8 +90,9 @@ class OptimConfig:
 class TrainConfig:
     out: str = "runs/run"  # the run directory
     init_from: str = "scratch"  # "scratch", "resume", or a local Hugging Face GPT-2 directory
-    batch_size: int = 12  # sequences per micro-batch (per process)
-    gradient_accumulation_steps: int = 1  # global micro-batches per optimizer step
+    batch_size: int | str = 12  # sequences per micro-batch (per process); "auto": the largest that fits
+    gradient_accumulation_steps: int = 1  # global micro-batches per step (derived when tokens_per_iter is set)
+    tokens_per_iter: int = 0  # tokens per optimizer step, all processes; 0: batch_size x block_size x accumulation
     max_iters: int = 0  # 0: derived from max_tokens, else from tokens_per_param
     max_tokens: int = 0
     tokens_per_param: float = 20.0  # Chinchilla's 20 tokens per parameter
@@ -120,9 +121,13 @@ class TrainConfig:
     tensorboard: bool = False
 
     def validate(self) -> None:
-        for key in ("batch_size", "gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
+        for key in ("gradient_accumulation_steps", "eval_interval", "eval_iters", "log_interval"):
             if getattr(self, key) <= 0:
                 raise UserError(f"config key '{key}' must be positive, got {getattr(self, key)}")
+        if self.batch_size != "auto" and self.batch_size <= 0:
+            raise UserError(f"config key 'batch_size' must be positive or \"auto\", got {self.batch_size}")
+        if self.tokens_per_iter < 0:
+            raise UserError(f"config key 'tokens_per_iter' must be >= 0, got {self.tokens_per_iter}")
         if self.keep_last < 2:
             raise UserError(
                 f"config key 'keep_last' must be at least 2 (got {self.keep_last}): "
@@ -148,11 +153,39 @@ class Config:
         self.model.validate()
         self.optim.validate()
         self.train.validate()
+        self._derive_accumulation()
         return self
+
+    def _derive_accumulation(self) -> None:
+        """With tokens_per_iter set, the step is tokens_per_iter / block_size sequences: a fixed batch_size
+        fixes gradient_accumulation_steps; "auto" leaves both to the launch (train/fit.py)."""
+        tc, block = self.train, self.model.block_size
+        if not tc.tokens_per_iter:
+            if tc.batch_size == "auto":
+                raise UserError('config key \'batch_size\' = "auto" needs tokens_per_iter (the tokens of one optimizer '
+                                "step, all processes together), e.g. tokens_per_iter = 524288")
+            return
+        if tc.tokens_per_iter % block:
+            raise UserError(f"config key 'tokens_per_iter' ({tc.tokens_per_iter}) must be a multiple of block_size "
+                            f"({block})")
+        if tc.batch_size == "auto":
+            return
+        sequences = tc.tokens_per_iter // block
+        if sequences % tc.batch_size:
+            raise UserError(f"config key 'tokens_per_iter' ({tc.tokens_per_iter}) is {sequences} sequences of "
+                            f"{block}, not a multiple of batch_size ({tc.batch_size})")
+        accum = sequences // tc.batch_size
+        if tc.gradient_accumulation_steps not in (1, accum):
+            raise UserError(f"config: tokens_per_iter {tc.tokens_per_iter} with batch_size {tc.batch_size} means "
+                            f"gradient_accumulation_steps {accum}, not {tc.gradient_accumulation_steps}; set one of "
+                            "the two")
+        tc.gradient_accumulation_steps = accum
 
     @property
     def tokens_per_iter(self) -> int:
         """Tokens in one optimizer step, all processes together (gradient_accumulation_steps is global)."""
+        if self.train.tokens_per_iter:
+            return self.train.tokens_per_iter
         return self.train.batch_size * self.model.block_size * self.train.gradient_accumulation_steps
 
     def flat(self) -> dict[str, Any]:
@@ -189,6 +222,10 @@ def _field_type(key: str):
 def _coerce(key: str, value: Any, where: str = "") -> Any:
     """Turn a TOML value or a command-line string into the key's type, or say why not."""
     typ = _field_type(key)
+    if key == "batch_size":  # a number, or "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        typ = int
     if get_origin(typ) is Union:  # Optional[X]
         typ = next(t for t in get_args(typ) if t is not type(None))
     place = f" ({where})" if where else ""
