@@ -7,7 +7,8 @@ It prints one table and writes it as OUT/gpu_check.tsv (one row per check, scope
 GPUs, rows per GPU and in total), and exits 1 when a check fails. `--smoke` runs in the default test
 suite (tests/commands/test_gpu_check.py), so the script cannot rot before someone with a GPU runs it.
 
-  a resume      bf16 + compile, tiny model on tinyshakespeare: 20 steps, then a fresh process resumes to 40;
+  a resume      bf16 + compile + deterministic kernels (a-c: GPU atomics would otherwise make any two runs
+                differ), tiny model on tinyshakespeare: 20 steps, then a fresh process resumes to 40;
                 the per-step losses of steps 21-40 and the final weights must be bit-equal to 40 steps in one go
                 (--smoke: 4 and 8 steps)
   b torchrun    the same under `torchrun --nproc_per_node=1` (NCCL), compared with a's uninterrupted run; with
@@ -77,7 +78,7 @@ def settings(smoke: bool) -> Settings:
     half = 4 if smoke else 20
     tiny = ("--n_layer=2", "--dropout=0.1", "--gradient_accumulation_steps=2", "--learning_rate=3e-3",
             "--warmup_iters=2", f"--lr_decay_iters={2 * half}", f"--eval_interval={half // 2}", "--eval_iters=2",
-            "--log_interval=1", "--sample_tokens=0", "--seed=7")
+            "--log_interval=1", "--sample_tokens=0", "--seed=7", "--deterministic=true")
     if smoke:
         return Settings(True, "cpu", tiny + ("--n_head=2", "--n_embd=32", "--block_size=32", "--batch_size=4"),
                         "bfloat16", "false", ("--n_layer=2", "--n_head=2", "--n_embd=64", "--block_size=64",

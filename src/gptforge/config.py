@@ -105,6 +105,7 @@ class TrainConfig:
     device: str = "auto"  # auto: cuda, then mps, then cpu
     dtype: str = "auto"  # auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
     compile: str = "auto"  # auto: on for CUDA, off elsewhere; "true" / "false"
+    deterministic: bool = False  # deterministic GPU kernels (slower): runs and resumes bit-equal on a GPU too
     seed: int = 1337
     peak_flops: float = 0.0  # FLOP/s for MFU; 0: look the device up in the table
     max_nan_skips: int = 5  # non-finite losses in a row before the run stops with a checkpoint

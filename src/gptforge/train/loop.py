@@ -119,6 +119,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     fsdp = parallel.use_fsdp(tc.fsdp, world, oc.optimizer, dtype)
     torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    if tc.deterministic:
+        devices.use_deterministic_kernels()
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = True
     autocast = devices.autocast(device, dtype)
