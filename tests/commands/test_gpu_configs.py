@@ -33,6 +33,8 @@ def test_the_rtx4070_recipe_fits_12_gb_with_the_margin_its_comment_gives():
     assert auto["best_split"] == (8, 64)
     # eager (compile=false) needs a little less at micro-batch 8, and fits too
     assert needed_gib(RTX4070, compile="false")["fits"]
+    no_card = make_plan(load_config(str(RTX4070), ["--batch_size=auto", "--tokens_per_iter=524288"]))
+    assert no_card["config"].train.batch_size == 1 and "chosen at launch by trying the device" in no_card["notes"][-1]
     text = RTX4070.read_text()
     assert "7.5 of 11.9 GiB" in text and "micro-batch 16 needs 12.5 GiB" in text
 

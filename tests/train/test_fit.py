@@ -168,6 +168,16 @@ def test_off_cuda_a_size_over_the_ram_estimate_is_not_even_tried(char_data, monk
 def test_auto_needs_tokens_per_iter_and_refuses_fsdp(char_data):
     with pytest.raises(UserError, match='batch_size\' = "auto" needs tokens_per_iter'):
         build_config(dict(batch_size="auto"))
+    cfg = load_config(None, ["--batch_size=auto", "--tokens_per_iter=4096", "--block_size=64"])
+    assert (cfg.train.batch_size, cfg.tokens_per_iter) == ("auto", 4096)
+    fixed = load_config(None, ["--batch_size=8", "--tokens_per_iter=4096", "--block_size=64"])
+    assert fixed.train.gradient_accumulation_steps == 8  # derived: 64 sequences in micro-batches of 8
+    for bad, message in ((dict(batch_size=3), "is 64 sequences of 64, not a multiple of batch_size"),
+                         (dict(batch_size=8, gradient_accumulation_steps=4), "means gradient_accumulation_steps 8"),
+                         (dict(tokens_per_iter=100), "must be a multiple of block_size"),
+                         (dict(batch_size="many"), "'many' is not a valid int")):
+        with pytest.raises(UserError, match=message):
+            build_config({"tokens_per_iter": 4096, "block_size": 64, **bad})
     cfg, model, _, _ = tiny_parts(char_data)
     auto = build_config(dict(batch_size="auto", tokens_per_iter=128, block_size=16))
     with pytest.raises(UserError, match='batch_size = "auto" does not work with fsdp=true'):
