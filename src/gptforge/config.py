@@ -66,9 +66,11 @@ def check_number(name: str, value: float, allowed: Range, integer: bool = False)
 
 
 def key(default: Any = None, help: str = "", *, group: str = "", range: str = "", choices: tuple = (),
-        why: str = "", factory=None):
-    """A documented config field: its help line, help group, allowed range or choices (all shown by --help)."""
-    meta = {"help": help, "group": group, "range": Range(range) if range else None, "choices": choices, "why": why}
+        why: str = "", factory=None, auto: bool = False):
+    """A documented config field: its help line, help group, allowed range or choices (all shown by --help);
+    auto=True also accepts the word "auto" (the value is chosen at launch)."""
+    meta = {"help": help, "group": group, "range": Range(range) if range else None, "choices": choices, "why": why,
+            "auto": auto}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -84,6 +86,8 @@ class _Group:
     def validate(self) -> None:
         for f in fields(self):
             value, meta = getattr(self, f.name), f.metadata
+            if meta.get("auto") and value == "auto":
+                continue
             if meta.get("range") is not None:
                 try:
                     check_number(f"config key '{f.name}'", value, meta["range"], integer=isinstance(value, int))
@@ -156,9 +160,12 @@ class OptimConfig(_Group):
 class TrainConfig(_Group):
     out: str = key("runs/run", "the run directory (config, metrics.jsonl, checkpoints, samples)")
     init_from: str = key("scratch", "scratch, resume (the latest checkpoint in out), or a local HF GPT-2 directory")
-    batch_size: int = key(12, "sequences per micro-batch, per process", range="[1, 65536]")
-    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step, all processes together",
-                                           range="[1, 1048576]")
+    batch_size: int | str = key(12, "sequences per micro-batch, per process; \"auto\": the largest that fits "
+                                "(needs tokens_per_iter)", range="[1, 65536]", auto=True)
+    gradient_accumulation_steps: int = key(1, "micro-batches per optimizer step, all processes together (derived "
+                                           "when tokens_per_iter is set)", range="[1, 1048576]")
+    tokens_per_iter: int = key(0, "tokens per optimizer step, all processes; 0: batch_size x block_size x "
+                               "gradient_accumulation_steps", range="[0, 1e12]")
     max_iters: int = key(0, "optimizer steps; 0: from max_tokens, else from tokens_per_param", range=COUNT)
     max_tokens: int = key(0, "training tokens when max_iters is 0; 0: from tokens_per_param",
                           range="[0, 1e15]")
@@ -174,6 +181,7 @@ class TrainConfig(_Group):
                      choices=("auto", "float32", "bfloat16", "float16"))
     compile: str = key("auto", "torch.compile the model; auto: on for CUDA, off elsewhere",
                        choices=("auto", "true", "false"))
+    deterministic: bool = key(False, "deterministic GPU kernels (slower): runs and resumes bit-equal on a GPU too")
     seed: int = key(1337, "seed of the initial weights, data order and dropout", range="[0, 2^63)")
     max_nan_skips: int = key(5, "non-finite losses in a row before the run stops with a checkpoint",
                              range="[1, 1000000]")
@@ -218,11 +226,39 @@ class Config:
     def validate(self) -> "Config":
         for group in GROUPS:
             getattr(self, group).validate()
+        self._derive_accumulation()
         return self
+
+    def _derive_accumulation(self) -> None:
+        """With tokens_per_iter set, the step is tokens_per_iter / block_size sequences: a fixed batch_size
+        fixes gradient_accumulation_steps; "auto" leaves both to the launch (train/fit.py)."""
+        tc, block = self.train, self.model.block_size
+        if not tc.tokens_per_iter:
+            if tc.batch_size == "auto":
+                raise UserError('config key \'batch_size\' = "auto" needs tokens_per_iter (the tokens of one optimizer '
+                                "step, all processes together), e.g. tokens_per_iter = 524288")
+            return
+        if tc.tokens_per_iter % block:
+            raise UserError(f"config key 'tokens_per_iter' ({tc.tokens_per_iter}) must be a multiple of block_size "
+                            f"({block})")
+        if tc.batch_size == "auto":
+            return
+        sequences = tc.tokens_per_iter // block
+        if sequences % tc.batch_size:
+            raise UserError(f"config key 'tokens_per_iter' ({tc.tokens_per_iter}) is {sequences} sequences of "
+                            f"{block}, not a multiple of batch_size ({tc.batch_size})")
+        accum = sequences // tc.batch_size
+        if tc.gradient_accumulation_steps not in (1, accum):
+            raise UserError(f"config: tokens_per_iter {tc.tokens_per_iter} with batch_size {tc.batch_size} means "
+                            f"gradient_accumulation_steps {accum}, not {tc.gradient_accumulation_steps}; set one of "
+                            "the two")
+        tc.gradient_accumulation_steps = accum
 
     @property
     def tokens_per_iter(self) -> int:
         """Tokens in one optimizer step, all processes together (gradient_accumulation_steps is global)."""
+        if self.train.tokens_per_iter:
+            return self.train.tokens_per_iter
         return self.train.batch_size * self.model.block_size * self.train.gradient_accumulation_steps
 
     def flat(self) -> dict[str, Any]:
@@ -303,6 +339,10 @@ def _coerce(key: str, value: Any, where: str = "") -> Any:
     """Turn a TOML value or a command-line string into the key's type, or say why not."""
     typ = _field_type(key)
     place = f" in {where}" if where else ""
+    if KEY_FIELDS[key].metadata["auto"]:  # a number, or "auto"
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        typ = int
     try:
         if typ is bool:
             if isinstance(value, bool):
@@ -477,7 +517,8 @@ def config_help(width: int = 100) -> str:
             text = meta["help"] + (f"; {allowed}" if allowed else "")
             if len(default) > 9:
                 text, default = f"{text} (default: {default})", "(below)"
-            head = f"  {f.name:<23} {_field_type(f.name).__name__:<6}{default:<10}"
+            kind = "int" if meta["auto"] else _field_type(f.name).__name__  # (an int, or the word auto)
+            head = f"  {f.name:<23} {kind:<6}{default:<10}"
             indent = " " * 42
             if len(head) > len(indent):  # a long key: its help starts on the next line, as argparse does
                 lines.append(head.rstrip())

@@ -8,7 +8,6 @@ import pytest
 from gptforge.analysis.gpus import find_gpu
 from gptforge.analysis.plan.sizing import (
     FINEWEB_SHARD_CHARS,
-    batch_splits,
     download_need,
     flops_per_token,
     make_plan,
@@ -19,6 +18,7 @@ from gptforge.cli import main
 from gptforge.config import ModelConfig, build_config
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
+from gptforge.train.fit import batch_splits
 
 CONFIGS = [
     dict(arch="gpt2", n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=70, bias=True),

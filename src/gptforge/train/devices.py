@@ -44,6 +44,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def use_deterministic_kernels() -> None:
+    """Kernels that give the same bits every time: on a GPU, atomic adds (in attention's and the embedding's
+    backward, split-K matmuls) otherwise sum in a varying order, so two identical runs, or a run and its
+    resume, differ in the last bits. torch raises for an op that has no deterministic version. cuBLAS reads
+    its setting when first used, so this must come before the first matmul."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

@@ -5,7 +5,10 @@ block_size + 1 tokens at a stride of block_size, so every token is an input once
 visits the blocks in a permutation seeded by (seed, epoch); a batch that runs past the end of an epoch
 continues into the next one, so epochs are counted exactly. The GLOBAL sequence of micro-batches is fixed
 by the seed alone: with N processes, rank r takes the global micro-batches m with m % N == r, so a
-checkpoint written by N processes resumes on M from the same global position.
+checkpoint written by N processes resumes on M from the same global position. Blocks are taken from the
+order one after another whatever the size of the micro-batches, so an optimizer step of S sequences
+trains on the same S blocks whether they come as 1 x S, 2 x S/2 or S x 1 micro-batches, on any number of
+processes (batch_size="auto" and the out-of-memory retry of train/fit.py rely on this).
 
 If the dataset grew since a checkpoint (new shards appended by `gptforge prepare`), the blocks not yet
 seen in the current epoch and the new blocks are shuffled together for the rest of that epoch; later
@@ -80,11 +83,12 @@ class TrainLoader:
             count -= len(piece)
         return np.concatenate(taken)
 
-    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's next micro-batch: (x, y) int64 CPU tensors of shape [batch_size, block_size]."""
+    def next_batch(self, size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This rank's next micro-batch: (x, y) int64 CPU tensors of shape [size (batch_size), block_size]."""
+        size = size or self.batch_size
         mine = None
         for r in range(self.world_size):  # advance past the other ranks' micro-batches
-            blocks = self._take_blocks(self.batch_size)
+            blocks = self._take_blocks(size)
             if r == self.rank:
                 mine = blocks
         self.micro_batches += self.world_size
@@ -92,6 +96,10 @@ class TrainLoader:
         data = np.stack([self.dataset.train.read(int(b) * T, T + 1) for b in mine])
         data = torch.from_numpy(data)
         return data[:, :-1].contiguous(), data[:, 1:].contiguous()
+
+    def step_batches(self, count: int, size: int | None = None) -> "StepBatches":
+        """This rank's next `count` micro-batches of `size` sequences, each read when iterated."""
+        return StepBatches(self, count, size or self.batch_size)
 
     def state_dict(self) -> dict:
         return {
@@ -124,6 +132,21 @@ class TrainLoader:
             self.grew = {"old_train_tokens": state["train_tokens"], "new_train_tokens": self.dataset.train_tokens,
                          "version": self.dataset.version}
         self._order = self._epoch_order()
+
+
+class StepBatches:
+    """The micro-batches of one optimizer step, read from the loader one at a time as they are iterated,
+    so the training step reads the next while the device computes the current (train/step.py)."""
+
+    def __init__(self, loader: TrainLoader, count: int, size: int):
+        self.loader, self.count, self.size = loader, count, size
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        for _ in range(self.count):
+            yield self.loader.next_batch(self.size)
 
 
 class ValBatches:

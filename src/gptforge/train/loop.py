@@ -31,6 +31,8 @@ from gptforge.train import devices, dist, parallel
 from gptforge.train.budget import plan_iters
 from gptforge.train.console import Console, eval_line, perplexity
 from gptforge.train.events import DataGrew, End, Eval, MetricsLog
+from gptforge.train.feed import HostToDevice
+from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
 from gptforge.train.loader import TrainLoader, ValBatches
 from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
@@ -117,14 +119,12 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     fsdp = parallel.use_fsdp(tc.fsdp, world, oc.optimizer, dtype)
     torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    if tc.deterministic:
+        devices.use_deterministic_kernels()
     if device.type == "cuda":
         torch.backends.cudnn.allow_tf32 = True
     autocast = devices.autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    if tc.gradient_accumulation_steps % world:
-        raise UserError(f"gradient_accumulation_steps ({tc.gradient_accumulation_steps}) must be divisible by the "
-                        f"number of processes ({world})")
-    accum = tc.gradient_accumulation_steps // world  # micro-batches per process per step
     run_dir = Path(tc.out)
     console = Console(enabled=main)
 
@@ -143,6 +143,10 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     flops_per_token = model.flops_per_token()
     if rank:
         torch.manual_seed(tc.seed + rank)  # each rank its own dropout stream (rank 0 keeps a single process's)
+    # the micro-batch: as configured, or the largest that fits for batch_size "auto" (before compile and DDP)
+    fit = micro_batching(cfg, model, device, autocast, fsdp, first_step=resume.state.step if resume else 0)
+    cfg = fit.applied(cfg)
+    tc = cfg.train
     use_compile = tc.compile == "true" or (tc.compile == "auto" and device.type == "cuda")
     # DDP / FSDP / plain; `model` keeps plain state_dict keys, step_model is what the step runs through
     step_model, eval_model = parallel.wrap(model, fsdp=fsdp, device=device, dtype=dtype, compile_model=use_compile)
@@ -170,12 +174,13 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     start = start_record(cfg, dataset, device, world, fsdp, params=params, params_non_embedding=params_ne,
                          flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
-    for line in start_lines(start, cfg, dtype, use_compile, loader.grew):
+    for line in start_lines(start, cfg, dtype, use_compile, loader.grew) + ([fit.note] if fit.note else []):
         console.print(line)
     if log:
         log.write(start)
         if loader.grew:
             log.write(DataGrew(step=state.step, **loader.grew))
+    feed = HostToDevice(device)  # pinned staging buffers on CUDA, reused every step
     saver = Saver(run_dir, tc.keep_last, model, optimizer, scaler, loader, guard, fsdp, device, console, log)
     samples_on = _samples_on(cfg, tokenizer, fsdp, console)
 
@@ -221,10 +226,14 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
             # one optimizer step: accum micro-batches, then the update (or a skip on a bad loss)
             t0 = time.time()
             apply_lr(optimizer, lr_multiplier(step, oc, max_iters))
-            batches = [loader.next_batch() for _ in range(accum)]
-            result = train_step(model, optimizer, batches, step=step, guard=guard, device=device,
-                                step_model=step_model, scaler=scaler, autocast=autocast, grad_clip=oc.grad_clip,
-                                skip_spikes=tc.skip_spikes, fsdp=fsdp)
+            result = train_step(model, optimizer, loader.step_batches(fit.accum, fit.size), step=step, guard=guard,
+                                device=device, step_model=step_model, scaler=scaler, autocast=autocast,
+                                grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)
+            if result.shrunk:  # out of memory: the run continues with smaller micro-batches; record them
+                cfg = fit.applied(cfg)
+                state.config = cfg.flat()
+                if main:
+                    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
             state.step += 1
             state.tokens_seen += cfg.tokens_per_iter
             dt = time.time() - t0

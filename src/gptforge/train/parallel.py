@@ -74,16 +74,18 @@ def gradient_sync(step_model: torch.nn.Module, last_micro_step: bool):
     return step_model.no_sync()
 
 
-def clip_gradients(model: torch.nn.Module, max_norm: float, fsdp: bool) -> float:
-    """Clip to `max_norm` (inf: only measure); the global gradient norm, the same number on every rank."""
-    if not fsdp:
-        return torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm).item()
-    params = [p for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm([p.grad for p in params])
-    if hasattr(norm, "full_tensor"):  # a DTensor holding this rank's partial norm: reduce it
+def gradient_norm(model: torch.nn.Module, fsdp: bool) -> torch.Tensor:
+    """The global gradient norm as a device tensor (no sync), the same on every rank: of the all-reduced
+    gradients (DDP), or of the shards reduced over the ranks (FSDP)."""
+    norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+    if fsdp and hasattr(norm, "full_tensor"):  # a DTensor holding this rank's partial norm: reduce it
         norm = norm.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
-    return norm.item()
+    return norm
+
+
+def clip_to_norm(model: torch.nn.Module, max_norm: float, norm: torch.Tensor) -> None:
+    """Scale the gradients down to `max_norm` given their norm (what clip_grad_norm_ does after measuring)."""
+    torch.nn.utils.clip_grads_with_norm_([p for p in model.parameters() if p.grad is not None], max_norm, norm)
 
 
 def _options(**kw):

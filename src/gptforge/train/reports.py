@@ -74,9 +74,12 @@ def mfu_basis(start: Start, override: float = 0.0) -> str:
 
 def report_step(result: StepResult, guard: LossGuard, skip_spikes: bool, console: Console,
                 log: MetricsLog | None) -> None:
-    """Say what went wrong in the step, naming that step (result.step): an fp16 overflow, a non-finite loss
-    or gradient, a loss spike. A step that went well says nothing here."""
+    """Say what went wrong in the step, naming that step (result.step): an out-of-memory retry, an fp16
+    overflow, a non-finite loss or gradient, a loss spike. A step that went well says nothing here."""
     step = result.step
+    if result.shrunk:
+        console.print(f"step {step}: out of memory at a micro-batch of {result.shrunk[0]} sequences; continuing with "
+                      f"{result.shrunk[1]} and more accumulation steps (the same sequences per step)")
     if result.loss_scale:
         console.print(f"step {step}: fp16 overflow, step skipped; loss scale {result.loss_scale[0]:g} -> "
                       f"{result.loss_scale[1]:g}")

@@ -74,6 +74,8 @@ def check_resume(saved: TrainState, cfg: Config, tokenizer_identity: dict | None
         raise UserError(f"cannot resume: the dataset's tokenizer ({tokenizer_identity.get('name')}) is not the one the "
                         f"checkpoint was trained with ({saved_tok.get('name')})")
     ignore = set(MODEL_KEYS) | {"init_from"}
+    if cfg.train.batch_size == "auto":  # chosen at each launch (train/fit.py); the start report says how
+        ignore |= {"batch_size", "gradient_accumulation_steps"}
     return diff_configs(saved.config, cfg.flat(), [k for k in sorted(saved.config) if k not in ignore])
 
 

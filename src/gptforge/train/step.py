@@ -16,6 +16,8 @@ from enum import Enum
 import torch
 
 from gptforge.train import dist, parallel
+from gptforge.train.feed import HostToDevice
+from gptforge.train.fit import OOM, MicroBatching, free_memory, out_of_memory, resplit
 from gptforge.train.guard import LossGuard
 
 
@@ -39,62 +41,112 @@ class StepResult:
     outcome: Outcome
     spike: tuple[float, float] | None = None  # (mean, std) of the recent losses when the guard saw a spike
     loss_scale: tuple[float, float] | None = None  # fp16: (before, after) when an overflow lowered the scale
+    shrunk: tuple[int, int] | None = None  # (before, after): an out-of-memory error made the micro-batch smaller
 
 
-def train_step(model: torch.nn.Module, optimizer, batches: list[tuple[torch.Tensor, torch.Tensor]], *, step: int,
-               guard: LossGuard, device: torch.device, step_model: torch.nn.Module | None = None,
-               scaler: torch.amp.GradScaler | None = None, autocast=contextlib.nullcontext(), grad_clip: float = 0.0,
-               skip_spikes: bool = False, fsdp: bool = False) -> StepResult:
+def train_step(model: torch.nn.Module, optimizer, batches, *, step: int, guard: LossGuard, device: torch.device,
+               step_model: torch.nn.Module | None = None, scaler: torch.amp.GradScaler | None = None,
+               autocast=contextlib.nullcontext(), grad_clip: float = 0.0, skip_spikes: bool = False,
+               fsdp: bool = False, to_device: HostToDevice | None = None,
+               fit: MicroBatching | None = None) -> StepResult:
     """Accumulate the gradients of `batches` (the micro-batches), then update or skip.
 
     `model` holds the plain parameters (clipped, measured); `step_model` is what forward and backward run
-    through (DDP, compiled; default `model`). The learning rate is set by the caller."""
+    through (DDP, compiled; default `model`). The learning rate is set by the caller. `batches` is a sized
+    iterable of CPU (x, y) pairs, read one at a time: the next is fetched and copied while the device
+    works on the current one. With `fit`, an out-of-memory error in the first steps re-splits the same
+    sequences into smaller micro-batches (fit.size changes) and runs the step again.
+
+    The host waits for the device once per step: to read the loss (the guard's NaN and spike checks) and
+    the gradient norm (a non-finite one skips the update) together."""
     scaler = scaler if scaler is not None and scaler.is_enabled() else None
-    loss = _accumulate(step_model or model, batches, device, autocast, scaler)
+    to_device = to_device or HostToDevice(device)
+    loss_t, shrunk = _accumulate_fitting(step_model or model, optimizer, batches, device, autocast, scaler,
+                                         to_device, fit, step)
+    norm_t = parallel.gradient_norm(model, fsdp)  # with fp16, of the scaled gradients (a power-of-two multiple)
+    scale_t = _scale_of(scaler, norm_t.device) if scaler else None
+    # .tolist() is the step's one CPU-GPU sync point: the loss, the norm (and the fp16 scale) read together
+    loss, norm, *scale = torch.stack([loss_t.float(), norm_t.float()] + ([scale_t] if scaler else [])).tolist()
+    scale = scale[0] if scale else 1.0
+    grad_norm = norm / scale  # scales are powers of two: exactly the norm of the unscaled gradients
     verdict = guard.check(step, loss)
     spike = (guard.last_mean, guard.last_std) if verdict == "spike" else None
     if verdict == "nan" or (spike and skip_spikes):
         optimizer.zero_grad(set_to_none=True)
-        return StepResult(step, loss, None, Outcome.NAN_SKIPPED if verdict == "nan" else Outcome.SPIKE_SKIPPED, spike)
-    if scaler:
-        scaler.unscale_(optimizer)
-    # of the all-reduced (DDP) or all-reduced shard (FSDP) gradients: the same on every rank
-    grad_norm = parallel.clip_gradients(model, grad_clip if grad_clip > 0 else math.inf, fsdp)
+        return StepResult(step, loss, None, Outcome.NAN_SKIPPED if verdict == "nan" else Outcome.SPIKE_SKIPPED, spike,
+                          shrunk=shrunk)
     outcome, loss_scale = Outcome.SPIKE_KEPT if spike else Outcome.OK, None
     if scaler:
-        # fp16: the scaler skips steps with inf gradients and lowers the scale; under DDP the gradients it
-        # checks are already averaged over ranks, so an overflow on one rank is seen by all
-        before = scaler.get_scale()
-        scaler.step(optimizer)
-        scaler.update()
-        if scaler.get_scale() < before:
-            outcome, loss_scale = Outcome.FP16_OVERFLOW, (before, scaler.get_scale())
-    elif math.isfinite(grad_norm):
+        scaler.unscale_(optimizer)  # records whether any gradient is inf/NaN, for update()
+    if math.isfinite(grad_norm):
+        # of the all-reduced (DDP) or all-reduced shard (FSDP) gradients: the same on every rank
+        parallel.clip_to_norm(model, grad_clip if grad_clip > 0 else math.inf,
+                              norm_t / scale_t if scaler else norm_t)
         optimizer.step()
+        if scaler:
+            scaler.update()
+    elif scaler:
+        # fp16 overflow: no update, a lower scale; under DDP the norm is of the averaged gradients, so
+        # every rank sees the overflow
+        scaler.update()
+        outcome, loss_scale = Outcome.FP16_OVERFLOW, (scale, scaler.get_scale())
     else:
         guard.non_finite(step)
         outcome = Outcome.NAN_SKIPPED
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(step, loss, grad_norm, outcome, spike, loss_scale)
+    return StepResult(step, loss, grad_norm, outcome, spike, loss_scale, shrunk)
 
 
-def _accumulate(step_model, batches, device: torch.device, autocast, scaler) -> float:
-    """Forward and backward over the micro-batches; the mean loss over them and over the ranks."""
-    accum = len(batches)
-    loss_sum = torch.zeros((), device=device)
-    for i, (x, y) in enumerate(batches):
-        if device.type == "cuda":  # pinned memory lets the copy overlap the previous micro-step
-            x, y = x.pin_memory().to(device, non_blocking=True), y.pin_memory().to(device, non_blocking=True)
-        else:
-            x, y = x.to(device), y.to(device)
-        with parallel.gradient_sync(step_model, last_micro_step=i == accum - 1):
+def _scale_of(scaler, device: torch.device) -> torch.Tensor:
+    """The fp16 loss scale as the scaler's own device tensor, so reading it adds no sync of its own."""
+    scale = getattr(scaler, "_scale", None)  # (private, stable since torch 1.6; get_scale() would sync)
+    return scale if isinstance(scale, torch.Tensor) else torch.full((), scaler.get_scale(), device=device)
+
+
+def _accumulate_fitting(step_model, optimizer, batches, device, autocast, scaler, to_device, fit, step):
+    """(_accumulate's loss, (old, new) micro-batch size or None): on an out-of-memory error in the first
+    steps, the step's sequences again in smaller micro-batches."""
+    pending, count, shrunk = iter(batches), len(batches), None
+    while True:
+        taken = []
+        try:
+            return _accumulate(step_model, pending, count, taken, autocast, scaler, to_device), shrunk
+        except OOM:
+            if fit is None or not fit.may_retry(step):
+                x = taken[0][0] if taken else None
+                raise out_of_memory(device, x.size(0) if x is not None else 0, x.size(1) if x is not None else 0,
+                                    step) from None
+        optimizer.zero_grad(set_to_none=True)
+        free_memory(device)
+        shrunk = (shrunk[0] if shrunk else fit.size, fit.smaller())
+        fit.size = shrunk[1]
+        again = resplit(taken + list(pending), fit.size)
+        pending, count = iter(again), len(again)
+        if hasattr(step_model, "_orig_mod") or hasattr(getattr(step_model, "module", None), "_orig_mod"):
+            torch._dynamo.reset()  # compile the new shape as a static graph, not a dynamic-shape one
+
+
+def _accumulate(step_model, pending, count: int, taken: list, autocast, scaler, to_device) -> torch.Tensor:
+    """Forward and backward over `count` micro-batches from `pending` (each CPU batch read is added to
+    `taken`); the mean loss over them and over the ranks, left on the device."""
+    def fetch():
+        batch = next(pending)
+        taken.append(batch)
+        return to_device(*batch)
+
+    loss_sum = None
+    x, y = fetch()
+    for i in range(count):
+        with parallel.gradient_sync(step_model, last_micro_step=i == count - 1):
             with autocast:
                 _, loss = step_model(x, y)
-            loss = loss / accum
-            loss_sum += loss.detach()
+            loss = loss / count
+            if i + 1 < count:
+                x, y = fetch()  # prefetch the next batch while the device works on this forward (nanoGPT's way)
+            loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             (scaler.scale(loss) if scaler else loss).backward()
     # the same value on every rank, so every guard decision is the same on every rank
-    return dist.all_reduce_mean(loss_sum).item()  # .item() is a CPU-GPU sync point
+    return dist.all_reduce_mean(loss_sum)
 
 
 def evaluate(model: torch.nn.Module, splits: list, device: torch.device, eval_model: torch.nn.Module | None = None,

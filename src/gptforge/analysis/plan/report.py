@@ -150,6 +150,7 @@ def _time_block(plan: dict) -> list[str]:
 
 
 def render_plan(cfg: Config, plan: dict) -> str:
+    cfg = plan["config"]  # (batch_size "auto" resolved)
     m = cfg.model
     title = (f"plan: {m.arch} GPT, {m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, block {m.block_size}, "
              f"vocab {plan['vocab_size']:,} ({plan['vocab_source']}; padded to {plan['padded_vocab']:,})")

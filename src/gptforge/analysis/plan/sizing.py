@@ -7,6 +7,7 @@ a batch/accumulation split that keeps the global batch when it does not fit), an
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from gptforge.errors import UserError
 from gptforge.fmt import GIB
 from gptforge.model.gpt import padded_vocab
 from gptforge.train.budget import plan_iters
+from gptforge.train.fit import batch_splits
 
 CHINCHILLA_TOKENS_PER_PARAM = 20
 DEFAULT_CHARS_PER_TOKEN = 4.8  # GPT-2 BPE on English web text, when the data cannot tell us
@@ -133,14 +135,24 @@ def memory_mode(cfg: Config) -> str:
     return "eager" if cfg.train.compile == "false" else "compiled"
 
 
-def batch_splits(sequences: int, processes: int) -> list[tuple[int, int]]:
-    """(micro-batch per process, global accumulation steps) pairs that keep `sequences` per step,
-    largest micro-batch first; accumulation must divide evenly over the processes."""
-    out = []
-    for micro in range(sequences, 0, -1):
-        if sequences % micro == 0 and (sequences // micro) % processes == 0:
-            out.append((micro, sequences // micro))
-    return out
+def resolve_auto_batch(cfg: Config, counts: ParamCounts, vocab_size: int, gpu: Gpu | None, processes: int,
+                       notes: list[str]) -> Config:
+    """batch_size "auto" as the launch would likely resolve it: on `gpu`, the largest split the memory model
+    says fits; without a card, micro-batch 1 (the launch measures; --gpu NAME estimates)."""
+    sequences = cfg.tokens_per_iter // cfg.model.block_size
+    splits = batch_splits(sequences, processes) or [(1, sequences)]
+    mode = memory_mode(cfg)
+    chosen = splits[-1]
+    if gpu is not None:
+        chosen = next((s for s in splits if memory_estimate(cfg, counts, vocab_size, s[0], mode, processes).needed_gib
+                       <= gpu.capacity_gib), splits[-1])
+        notes.append(f'batch_size "auto": on {gpu.label} the memory model picks micro-batch {chosen[0]} x '
+                     f"{chosen[1]} accumulation; the launch measures the device and may pick another")
+    else:
+        notes.append('batch_size "auto": chosen at launch by trying the device; sized here at micro-batch 1 '
+                     "(pass --gpu NAME for the split that fits that card)")
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, batch_size=chosen[0],
+                                                              gradient_accumulation_steps=chosen[1]))
 
 
 def fit_advice(cfg: Config, counts: ParamCounts, vocab_size: int, gpu: Gpu, processes: int) -> dict:
@@ -275,8 +287,12 @@ def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, voca
         else:
             info = data_info(data_dir)
     vocab, vocab_source = resolve_vocab(cfg, vocab_size, info)
-    m, tc = cfg.model, cfg.train
+    m = cfg.model
     counts = param_counts(m, vocab)
+    card = find_gpu(gpu) if gpu else None
+    if cfg.train.batch_size == "auto":
+        cfg = resolve_auto_batch(cfg, counts, vocab, card, processes, notes)
+    tc = cfg.train
     if tc.gradient_accumulation_steps % processes:
         notes.append(f"gradient_accumulation_steps ({tc.gradient_accumulation_steps}) counts global micro-batches and "
                      f"must be divisible by --processes ({processes}); train will refuse this")
@@ -292,6 +308,7 @@ def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, voca
         "processes": processes, "max_iters": iters, "planned_tokens": planned,
         "tokens_per_param": planned / counts.total, "chinchilla_tokens": chinchilla,
         "chinchilla_ratio": planned / chinchilla, "total_flops": fpt * planned, "data": info, "notes": notes,
+        "config": cfg,
     }
     if info:
         plan["epochs"] = planned / info.train_tokens if info.train_tokens else math.inf
@@ -304,8 +321,7 @@ def make_plan(cfg: Config, data: str | None = None, gpu: str | None = None, voca
     plan["memory"] = {k: memory_estimate(cfg, counts, vocab, tc.batch_size, k, processes)
                       for k in (("compiled", "eager") if mode != "fp32" else ("fp32",))}
     plan["mfu"], plan["mfu_converted"] = rate, converted
-    if gpu:
-        card = find_gpu(gpu)
+    if card:
         plan["gpu"] = card
         plan["fit"] = fit_advice(cfg, counts, vocab, card, processes)
         plan["times"] = {card.label: _seconds(plan["total_flops"], card, rate, processes)}
