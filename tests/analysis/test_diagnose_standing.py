@@ -72,6 +72,13 @@ def test_flat_since_step_n(tmp_path, capsys):
     assert "HellaSwag has been flat since step 2,250" in (run_dir / "diagnosis.md").read_text()
 
 
+def test_rising_over_the_run_when_the_recent_scores_are_too_noisy_to_tell(tmp_path):
+    d = diagnosis(runs.healthy(tmp_path / "r", lambda s: (0.25 + 0.05 * s / 5000, 1000) if s % 500 == 0 else None))
+    t = d.facts.hellaswag
+    assert (t.status, t.since.step, len(t.scores)) == ("rising", 0, 11)  # the last 4 scores alone cannot tell
+    assert d.finding("hellaswag").title == "HellaSwag is rising: 0.250 -> 0.300 since step 0"
+
+
 def test_falling_and_too_noisy_to_tell(tmp_path):
     d = diagnosis(runs.healthy(tmp_path / "f", lambda s: (0.32 - 0.04 * max(0, s - 3500) / 1500, 10042)))
     assert d.facts.hellaswag.status == "falling" and d.finding("hellaswag").score == 40

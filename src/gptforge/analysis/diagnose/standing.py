@@ -66,7 +66,8 @@ def _change(scores: list[SwagScore]) -> tuple[float, float]:
 
 def hellaswag_trend(run: RunLog) -> SwagTrend | None:
     """The run's HellaSwag scores and what they do over the recent window (the last 30% of the steps scored,
-    at least 3 scores); None when it scored none."""
+    at least 3 scores), or over the whole run when the recent scores are too noisy to tell; None when it
+    scored none."""
     scores = [SwagScore(e.step, e.tokens, e.hellaswag_acc_norm, e.hellaswag_items) for e in run.evals
               if finite(e.hellaswag_acc_norm) and finite(e.tokens) and (e.hellaswag_items or 0) > 1]
     if not scores:
@@ -77,6 +78,9 @@ def hellaswag_trend(run: RunLog) -> SwagTrend | None:
         return SwagTrend(scores, "one score" if len(scores) == 1 else "unclear", None)
     first = len(scores) - len(curves.recent([(s.step, s.acc_norm) for s in scores], min_points=3))
     change, se = _change(scores[first:])
+    if SIGMAS * se > FLAT_GAIN and abs(change) <= SIGMAS * se:  # too noisy to tell recently: over the whole run?
+        first = 0
+        change, se = _change(scores)
     if abs(change) > SIGMAS * se:
         return SwagTrend(scores, "rising" if change > 0 else "falling", scores[first], change, se)
     if SIGMAS * se > FLAT_GAIN:
