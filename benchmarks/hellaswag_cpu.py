@@ -2,7 +2,7 @@
 
 llm.c's dev/data/hellaswag.py puts an item's 4 endings in one padded forward and computes the logits of every
 position; gptforge computes the head only where an ending token is scored (GPT.forward(logits_at=...)).
-Both give the same losses (tests/analysis/test_hellaswag.py); this measures the time.
+Both give the same losses (tests/train/test_hellaswag.py); this measures the time.
 
 Items: the bundled fixture (tests/fixtures/hellaswag_val_small.jsonl) repeated up to --limit, since the real
 val set cannot be fetched on this machine, or --file FILE (the real one: `gptforge download hellaswag`).
@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gptforge.analysis import hellaswag as hs
 from gptforge.config import build_config
 from gptforge.data.tokenizers import GPT2_VOCAB, gpt2_tokenizer
 from gptforge.model.gpt import GPT
+from gptforge.train import hellaswag as hs
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hellaswag_val_small.jsonl"
 SIZES = {"small": dict(n_layer=6, n_head=6, n_embd=384, block_size=256),

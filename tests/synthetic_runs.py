@@ -12,6 +12,7 @@ from pathlib import Path
 from gptforge.analysis.plan.sizing import param_counts
 from gptforge.config import build_config, to_toml
 from gptforge.train.events import Checkpoint, DataGrew, End, Eval, Event, Log, NanSkip, Spike, Start, to_line
+from gptforge.train.hellaswag import Result, stderr
 from gptforge.train.optim import lr_multiplier
 
 
@@ -33,12 +34,14 @@ def write_run(
     seed: int = 0,
     grow: dict | None = None,
     val_parts=None,
+    hellaswag=None,
 ) -> Path:
     """Events as gptforge train writes them; train(step)/val(step) give the noiseless curves, `spikes`
     maps step -> extra loss (with a spike event), `nan_from` starts non-finite losses until the run stops.
     `grow` = {step, train_tokens, val_tokens}: the first launch ends at that step and a resume on the
     grown dataset (version 2) continues, as `gptforge prepare part2` + `--init_from=resume` do. `val_parts(step)`
-    gives the eval's val loss per dataset part ({name: loss}, or None), logged as the eval's `val_parts`."""
+    gives the eval's val loss per dataset part ({name: loss}, or None), logged as the eval's `val_parts`.
+    `hellaswag(step)` gives the eval's HellaSwag (acc_norm, items), or None where it was not scored."""
     rng = random.Random(seed)
     cfg = build_config(config)
     m, tc = cfg.model, cfg.train
@@ -61,10 +64,13 @@ def write_run(
         if step % tc.eval_interval == 0 or step == max_iters:
             parts = val_parts(step) if val_parts else None
             extra = {"val_parts": {k: v + rng.gauss(0, eval_noise) for k, v in parts.items()}} if parts else {}
+            swag = hellaswag(step) if hellaswag else None
+            scored = Result(swag[0] - 0.01, swag[0], stderr(swag[0] - 0.01, swag[1]), stderr(swag[0], swag[1]),
+                            swag[1], swag[1] * 220, 5.0).event_fields() if swag else {}
             events.append(Eval(step=step, time=step * 0.1, tokens=tokens, epoch=epoch,
                                train_loss=train(step) + rng.gauss(0, eval_noise),
                                val_loss=val(step) + rng.gauss(0, eval_noise), val_ppl=math.exp(min(val(step), 700)),
-                               eval_batches=tc.eval_iters, seconds=1.0, extra=extra))
+                               eval_batches=tc.eval_iters, seconds=1.0, extra=extra, **scored))
             if step and step < max_iters:
                 events.append(Checkpoint(step=step, time=step * 0.1, path=f"step_{step:08d}", seconds=0.1))
         if grow and step == grow["step"]:
@@ -103,13 +109,14 @@ GPT2_124M = dict(n_layer=12, n_head=12, n_embd=768, block_size=1024, vocab_size=
 SMALL_40M = dict(n_layer=4, n_head=8, n_embd=512, block_size=1024, vocab_size=50257)  # 38.9M parameters
 
 
-def healthy(run_dir: Path) -> Path:
-    """GPT-2 124M, 5,000 iterations of 491,520 tokens on a 10B-token dataset, loss still falling."""
+def healthy(run_dir: Path, hellaswag=None, data: str = "") -> Path:
+    """GPT-2 124M, 5,000 iterations of 491,520 tokens (2.46B) on a 10B-token dataset, loss still falling;
+    `hellaswag` as write_run takes it, `data` the config's data directory."""
     cfg = dict(GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=5000, warmup_iters=200,
-               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=6e-4, min_lr=6e-5)
+               eval_interval=250, eval_iters=200, log_interval=10, learning_rate=6e-4, min_lr=6e-5, data=str(data))
     curve = lambda s: 3.0 + 4.0 / math.sqrt(1 + s / 200)  # noqa: E731
     return write_run(run_dir, cfg, dataset_train_tokens=10_000_000_000, train=curve, val=lambda s: curve(s) + 0.02,
-                     mfu=0.41, tok_per_s=480_000)
+                     mfu=0.41, tok_per_s=480_000, hellaswag=hellaswag)
 
 
 def data_limited(run_dir: Path) -> Path:

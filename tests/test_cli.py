@@ -42,7 +42,7 @@ EVERY_FLAG = {
                "--top-k", "5", "--top-p", "0.9", "--seed", "3", "--device", "cpu"],
     "eval": ["r", "--data", "d", "--batches", "2", "--device", "cpu", "--hellaswag", "h.jsonl", "--limit", "5"],
     "diagnose": ["r", "--data", "d", "--config", "c.py", "--gpu", "A100", "--out", "o"],
-    "plot": ["r", "--out", "x.png", "--log"],
+    "plot": ["r", "--out", "x.png", "--log", "--reference", "llmc-gpt2-124m-fineweb"],
     "inspect": ["d"],
     "export": ["r", "--format", "hf", "--out", "o", "--push-to-hub", "me/m", "--private"],
     "import-nanogpt": ["ckpt.pt", "--out", "o", "--data", "d"],

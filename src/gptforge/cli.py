@@ -75,7 +75,7 @@ def _plan(a):
 def _plot(a):
     from gptforge.commands.runs import plot_command
 
-    plot_command(a.run_dirs, a.out, log_scale=a.log)
+    plot_command(a.run_dirs, a.out, log_scale=a.log, reference_names=tuple(a.reference or ()))
 
 
 def _inspect(a):
@@ -293,6 +293,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR|nanoGPT.log", help="run directories or nanoGPT logs")
     p.add_argument("--out", required=True, metavar="FILE.png", help="the image written")
     p.add_argument("--log", action="store_true", help="log scale for the loss axis")
+    p.add_argument("--reference", action="append", metavar="NAME",
+                   help="overlay a published run (repeatable): its val loss on the loss-vs-tokens panel, a "
+                        "HellaSwag score on the HellaSwag panel; an unknown NAME lists the known ones")
     p.set_defaults(func=_plot)
 
     p = sub.add_parser("inspect", help="summarise and verify a DATA_DIR, RUN_DIR, shard folder or shard")

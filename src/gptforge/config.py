@@ -201,6 +201,8 @@ class TrainConfig(_Group):
                                   group="logging", range="[0, 1e12]")
     hellaswag_limit: int = key(0, "score only the first N HellaSwag items each time (e.g. 1000 on a CPU); 0: all",
                                group="logging", range="[0, 1e12]")
+    hellaswag_file: str = key("", "the HellaSwag val jsonl; empty: the one `gptforge download hellaswag` put in the "
+                              "cache", group="logging")
     peak_flops: float = key(0.0, "the device's peak FLOP/s for MFU; 0: look the device up", group="logging",
                             range="[0, 1e21]")
     wandb_log: bool = key(False, "mirror metrics to Weights & Biases", group="logging")

@@ -1,9 +1,11 @@
 """gptforge plot: a real PNG of the runs' curves, several runs overlaid, errors in one line."""
 
+import math
 import struct
 
 import pytest
 
+from gptforge.analysis import references as refs
 from gptforge.analysis.plot import draw, loss_limits, unique_labels
 from gptforge.analysis.runlog import read_run
 from gptforge.cli import main
@@ -76,3 +78,56 @@ def test_growth_points_are_marked_on_both_loss_axes(tmp_path):
         marks = [line for line in ax.get_lines() if line.get_label() == "data grew"]
         assert len(marks) == 1 and list(marks[0].get_xdata()) == [x, x]
         assert [t.get_text() for t in ax.texts] == [" v2: 300.0M -> 3.00B train tokens"]
+
+
+def test_a_hellaswag_panel_when_a_run_scored_it(tmp_path):
+    scores = lambda s: (0.25 + 0.05 * s / 5000, 1000) if s % 1000 == 0 else None  # noqa: E731
+    run = read_run(runs.healthy(tmp_path / "h", hellaswag=scores))
+    fig = draw([run])
+    assert len(fig.axes) == 5
+    ax = fig.axes[4]
+    assert ax.get_title() == "HellaSwag (completion style, acc_norm)" and ax.get_xlabel() == "tokens seen"
+    bars = next(c for c in ax.containers if c.get_label() == "acc_norm (1000 items)")
+    line = bars.lines[0]
+    last = bars.lines[2][0].get_segments()[-1]  # the last score's error bar: ± its standard error
+    se = math.sqrt(0.3 * 0.7 / 999)
+    assert [last[0][1], last[1][1]] == pytest.approx([0.3 - se, 0.3 + se])
+    assert list(line.get_xdata()) == [s * 491_520 for s in range(0, 5001, 1000)]
+    assert list(line.get_ydata()) == pytest.approx([0.25 + 0.05 * s / 5000 for s in range(0, 5001, 1000)])
+    chance = next(x for x in ax.get_lines() if x.get_label() == "chance (0.25)")
+    assert list(chance.get_ydata()) == [0.25, 0.25]
+    out = plot_command([tmp_path / "h"], tmp_path / "swag.png")
+    assert png_size(out) == (1430, 1375)  # a third row; without scores the figure stays 1430 x 935
+
+
+def test_reference_overlays_on_the_tokens_panel_and_the_hellaswag_panel(tmp_path, capsys):
+    run_dir = runs.healthy(tmp_path / "h")  # 2.46B tokens, no HellaSwag
+    fig = draw([read_run(run_dir)], reference_names=("llmc-gpt2-124m-fineweb", "openai-gpt2-124m-fineweb",
+                                                     "openai-gpt2-124m-hellaswag"))
+    ax_tok, ax_swag = fig.axes[1], fig.axes[4]
+    by_label = {x.get_label().split("\n")[0]: x for x in ax_tok.get_lines()}
+    curve = by_label["llm.c's GPT-2 124M on FineWeb"]
+    assert curve.get_label() == ("llm.c's GPT-2 124M on FineWeb\n(KellerJordan/modded-nanogpt records/2024-10-13_llmc/"
+                                 "main.log)\nshown to 2.46B of its 10.3B tokens (ends at 3.27)")
+    xs, ys = list(curve.get_xdata()), list(curve.get_ydata())
+    assert xs[0] == 0 and xs[-1] == 5000 * 491_520  # cut at the run's last token
+    ref = refs.REFERENCES["llmc-gpt2-124m-fineweb"]
+    assert ys == pytest.approx([refs.value_at(ref, x) for x in xs])
+    assert 5000 * 524_288 > xs[-1] and 250 * 524_288 in xs  # the logged points inside the range are drawn
+    level = by_label["OpenAI's GPT-2 124M checkpoint"]
+    assert list(level.get_ydata()) == [3.424958, 3.424958]
+    assert ax_tok.get_ylim()[0] < 3.4 < 3.8 < ax_tok.get_ylim()[1]  # the reference is in view, not clipped
+    swag = next(x for x in ax_swag.get_lines() if x.get_label().startswith("OpenAI's GPT-2 124M: 0.2955\n"))
+    assert list(swag.get_ydata()) == [0.2955, 0.2955]
+    out = tmp_path / "ref.png"
+    assert main(["plot", str(run_dir), "--out", str(out), "--reference", "llmc-gpt2-124m-fineweb"]) == 0
+    assert png_size(out) == (1430, 935)  # a val-loss reference adds no panel
+
+
+def test_an_unknown_reference_lists_the_known_ones_before_reading_the_runs(tmp_path, capsys):
+    assert main(["plot", str(tmp_path / "nope"), "--out", str(tmp_path / "x.png"), "--reference", "llmc-124m"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gptforge plot: error: unknown reference 'llmc-124m'; did you mean 'llmc-gpt2-124m-fineweb'?"
+                          " (known: llmc-gpt2-124m-fineweb, llmc-gpt2-350m-fineweb, ")
+    assert err.endswith("openai-gpt2-1558m-hellaswag)") and "\n" not in err
+    assert not (tmp_path / "x.png").exists()

@@ -88,4 +88,6 @@ def test_data_family_from_names():
     assert refs.data_family("/data/fineweb-edu-100b-shuffle/shard_00000.parquet") == "fineweb-edu"
     assert refs.data_family("edu_fineweb10B/edufineweb_train_000001.npy") == "fineweb-edu"
     assert refs.data_family("~/data/fineweb/000_00000.parquet", "fineweb-sample-10BT") == "fineweb"
-    assert refs.data_family("enwiki-20240601-pages-articles1.xml.bz2") is None
+    assert refs.data_family("enwiki-20240601-pages-articles1.xml.bz2") == "wikipedia"
+    assert refs.data_family("/data/climbmix-400b-shuffle/shard_00000.parquet") == "climbmix"
+    assert refs.data_family("notes.txt", "text") is None

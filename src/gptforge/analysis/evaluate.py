@@ -1,5 +1,5 @@
 """`gptforge eval RUN_DIR`: val loss, perplexity and bits per byte of a run's latest checkpoint;
-`gptforge eval RUN_DIR --hellaswag [FILE]`: its HellaSwag score instead (analysis/hellaswag.py).
+`gptforge eval RUN_DIR --hellaswag [FILE]`: its HellaSwag score instead (train/hellaswag.py).
 
 Bits per byte = total nats over the evaluated targets / their UTF-8 bytes / ln 2: it does not depend on
 the tokenizer, so a character-level run and a BPE run on the same text compare directly.
@@ -8,17 +8,14 @@ the tokenizer, so a character-level run and a BPE run on the same text compare d
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from gptforge.analysis import hellaswag
 from gptforge.data.dataset import open_dataset
-from gptforge.data.pinned import PINNED, pinned_mismatch
 from gptforge.data.tokenizers import CharTokenizer
 from gptforge.errors import UserError
-from gptforge.train import devices, dist
+from gptforge.train import devices, dist, hellaswag
 from gptforge.train.loader import ValBatches
 from gptforge.train.runs import load_run
 
@@ -89,11 +86,7 @@ def hellaswag_run(run_dir, path=None, limit: int | None = None, device="auto") -
     finally:
         dist.cleanup(created)
     if main:
-        path = Path(path) if path else hellaswag.default_path()
-        what = "the official val set"
-        if pinned_mismatch(path, PINNED["hellaswag"]) is not None:
-            what = f"{path} (not the official val set: scores do not compare with published ones)"
-        print(f"{run_dir} at step {state['step']}, {'the first ' if limit else ''}{result.items:,} items of {what}")
+        print(f"{run_dir} at step {state['step']}, {hellaswag.describe_items(path, result.items, bool(limit))}")
         print(result.line())
     return result
 

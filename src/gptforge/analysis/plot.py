@@ -1,5 +1,7 @@
 """`gptforge plot`: loss curves (against steps and tokens), learning rate and throughput of one or more
-runs, overlaid with a legend. matplotlib's Agg backend (no display needed); the image is written atomically.
+runs, overlaid with a legend; HellaSwag against tokens when a run scored it; published reference runs
+(analysis/references.py) overlaid with --reference. matplotlib's Agg backend (no display needed); the image is
+written atomically.
 """
 
 from __future__ import annotations
@@ -7,12 +9,14 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+from gptforge.analysis import references
 from gptforge.analysis.curves import smooth, smoothing_span
 from gptforge.analysis.runlog import RunLog, finite, val_parts
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_bytes
 from gptforge.train.events import Eval, Event
+from gptforge.train.hellaswag import CHANCE
 
 FORMATS = ("png", "svg", "pdf")
 
@@ -60,16 +64,64 @@ def unique_labels(runs: list[RunLog]) -> list[str]:
     return [str(r.run_dir) for r in runs]
 
 
-def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
-    """A matplotlib Figure of the runs: loss vs step, loss vs tokens, learning rate, tokens/s."""
+def _hellaswag_panel(ax, runs: list[RunLog], labels: list[str], colors: list, refs: list[references.Reference]):
+    """HellaSwag acc_norm (± its standard error) against tokens, with chance and the finished models asked for."""
+    for i, run in enumerate(runs):
+        scored = [e for e in run.evals if finite(e.tokens) and finite(e.hellaswag_acc_norm)]
+        if scored:
+            ax.errorbar([e.tokens for e in scored], [e.hellaswag_acc_norm for e in scored],
+                        yerr=[e.hellaswag_stderr if finite(e.hellaswag_stderr) else 0 for e in scored],
+                        color=colors[i % len(colors)], marker="o", markersize=3.5, linewidth=1.4, capsize=2,
+                        label=f"{labels[i]}: acc_norm ({scored[-1].hellaswag_items or '?'} items)" if len(runs) > 1
+                        else f"acc_norm ({scored[-1].hellaswag_items or '?'} items)")
+    ax.axhline(CHANCE, color="grey", linestyle="--", linewidth=1.0, label=f"chance ({CHANCE:.2f})")
+    for j, ref in enumerate(refs):
+        value = ref.points[-1][1]
+        ax.axhline(value, color=f"C{(j + 3) % 10}", linestyle="-.", linewidth=1.2,
+                   label=f"{ref.label}: {value:.4f}\n({ref.source})")
+    ax.set_title("HellaSwag (completion style, acc_norm)")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("accuracy")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+
+
+def _reference_lines(ax, refs: list[references.Reference], x_max: float) -> list[float]:
+    """Val-loss references on the loss-vs-tokens axes: a curve up to the runs' last token (the runs stay
+    readable), a finished model as a level; the values drawn (for the y limits)."""
+    drawn = []
+    for j, ref in enumerate(refs):
+        style = dict(color=f"C{(j + 3) % 10}", linestyle="-.", linewidth=1.4, label=f"{ref.label}\n({ref.source})")
+        if not ref.is_curve:
+            ax.axhline(ref.points[0][1], **style)
+            drawn.append(ref.points[0][1])
+            continue
+        first, last = min(ref.points)[0], max(ref.points)[0]
+        end = min(last, x_max) if x_max > first else last
+        if end < last:
+            style["label"] += f"\nshown to {count(end)} of its {count(last)} tokens (ends at {max(ref.points)[1]:.2f})"
+        xs = sorted({first + (end - first) * k / 200 for k in range(201)} | {t for t, _ in ref.points if t <= end})
+        ys = [references.value_at(ref, x) for x in xs]
+        ax.plot(xs, ys, marker="*" if len(xs) == 1 else None, markersize=9, **style)
+        drawn += ys
+    return drawn
+
+
+def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None, reference_names: tuple = ()):
+    """A matplotlib Figure of the runs: loss vs step, loss vs tokens, learning rate, tokens/s, and HellaSwag vs
+    tokens when a run scored it (or a HellaSwag reference is asked for)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter
 
-    fig, axes = plt.subplots(2, 2, figsize=(13, 8.5), constrained_layout=True)
-    (ax_step, ax_tok), (ax_lr, ax_speed) = axes
+    refs = [references.find(name) for name in reference_names]
+    swag_refs = [r for r in refs if r.metric == "hellaswag_acc_norm"]
+    swag = bool(swag_refs) or any(finite(e.hellaswag_acc_norm) for r in runs for e in r.evals)
+    fig = plt.figure(figsize=(13, 12.5 if swag else 8.5), constrained_layout=True)
+    grid = fig.add_gridspec(3 if swag else 2, 2)
+    ax_step, ax_tok, ax_lr, ax_speed = (fig.add_subplot(grid[r, c]) for r, c in ((0, 0), (0, 1), (1, 0), (1, 1)))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     all_losses = []
     labels = unique_labels(runs)
@@ -113,14 +165,21 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None):
             ax_speed.plot(xs, smooth(ys, smoothing_span(len(ys))), color=color, linewidth=1.5, label=name or "tokens/s")
 
     tokens_fmt = FuncFormatter(lambda v, _: count(v) if v else "0")
-    for ax, xlabel, ttl in ((ax_step, "step", "loss vs step"), (ax_tok, "tokens seen", "loss vs tokens")):
+    x_max = max([e.tokens for r in runs for e in r.logs + r.evals if finite(e.tokens)] or [0])
+    ref_losses = _reference_lines(ax_tok, [r for r in refs if r.metric == "val_loss"], x_max)
+    if swag:
+        ax_swag = fig.add_subplot(grid[2, :])
+        _hellaswag_panel(ax_swag, runs, labels, colors, swag_refs)
+        ax_swag.xaxis.set_major_formatter(tokens_fmt)
+    for ax, xlabel, ttl, extra in ((ax_step, "step", "loss vs step", []),
+                                   (ax_tok, "tokens seen", "loss vs tokens", ref_losses)):
         ax.set_xlabel(xlabel)
         ax.set_ylabel("cross-entropy loss (nats/token)")
         ax.set_title(ttl)
         if log_scale:
             ax.set_yscale("log")
         else:
-            limits = loss_limits(all_losses)
+            limits = loss_limits(all_losses + extra)
             if limits:
                 ax.set_ylim(*limits)
         ax.grid(True, alpha=0.3)
@@ -158,11 +217,12 @@ def save_figure(fig, out: str | Path) -> Path:
     return out
 
 
-def plot_runs(runs: list[RunLog], out: str | Path, log_scale: bool = False, title: str | None = None) -> Path:
+def plot_runs(runs: list[RunLog], out: str | Path, log_scale: bool = False, title: str | None = None,
+              reference_names: tuple = ()) -> Path:
     out = Path(out)
     if out.suffix.lower().lstrip(".") not in FORMATS:
         raise UserError(f"--out {out}: the file name must end in {', '.join('.' + f for f in FORMATS)}")
     if not any(r.logs or r.evals for r in runs):
         raise UserError("nothing to plot: " + ", ".join(str(r.run_dir) for r in runs) +
                         " logged no loss yet (no log or eval events in metrics.jsonl)")
-    return save_figure(draw(runs, log_scale, title), out)
+    return save_figure(draw(runs, log_scale, title, reference_names), out)

@@ -103,8 +103,8 @@ def find(name: str) -> Reference:
     if name in REFERENCES:
         return REFERENCES[name]
     close = difflib.get_close_matches(name, REFERENCES, n=1, cutoff=0.5)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; known: {', '.join(REFERENCES)}"
-    raise UserError(f"unknown reference {name!r}{hint}")
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise UserError(f"unknown reference {name!r}{hint} (known: {', '.join(REFERENCES)})")
 
 
 def same_size(params: float, reference_params: float) -> bool:
@@ -173,9 +173,15 @@ def where_run_stands(params: float, tokenizer: str | None, data_family: str | No
     return f"val {val_loss:.2f} after {count(tokens)} tokens; " + "; ".join(parts)
 
 
+# data families besides the references' own, so that "no reference matches" can name what the run trained on
+FAMILY_WORDS = (("climbmix", ("climbmix",)), ("wikipedia", ("wikipedia", "enwiki", "wikitext", "wikiextractor",
+                                                           "pages-articles")),
+                ("openwebtext", ("openwebtext",)), ("tinystories", ("tinystories",)), ("shakespeare", ("shakespeare",)))
+
+
 def data_family(*names: str) -> str | None:
-    """The reference data family a dataset's names point to (source paths, download names), or None."""
+    """The data family a source's names point to (its path, kind, download URL), or None."""
     text = " ".join(names).lower().replace("_", "-")
     if "fineweb" in text:
         return "fineweb-edu" if "edu" in text else "fineweb"
-    return None
+    return next((family for family, words in FAMILY_WORDS if any(w in text for w in words)), None)

@@ -60,10 +60,13 @@ def diagnose_command(path, data=None, config=None, gpu=None, out=None):
     return write_diagnosis(run, log.config, out_dir, prefix=f"{path.stem}.", notes=log.notes)
 
 
-def plot_command(paths, out, log_scale=False) -> Path:
+def plot_command(paths, out, log_scale=False, reference_names: tuple = ()) -> Path:
     from gptforge.analysis.plot import plot_runs, unique_labels
+    from gptforge.analysis.references import find
 
+    for name in reference_names:  # a misspelt name fails before the logs are read
+        find(name)
     runs = [open_run(p) for p in paths]
-    written = plot_runs(runs, out, log_scale)
+    written = plot_runs(runs, out, log_scale, reference_names=reference_names)
     print(f"wrote {written} ({', '.join(unique_labels(runs))})")
     return written

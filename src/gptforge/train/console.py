@@ -23,9 +23,9 @@ def iter_line(step: int, loss: float, dt_ms: float, mfu_fraction: float | None, 
             f"lr {lr:.3e}")
 
 
-def eval_line(step: int, train_loss: float, val_loss: float, seconds: float) -> str:
-    return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f} "
-            f"(eval {seconds:.2f}s, not counted in iteration time)")
+def eval_line(step: int, train_loss: float, val_loss: float, seconds: float, extra: str = "") -> str:
+    return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}"
+            f"{', ' + extra if extra else ''} (eval {seconds:.2f}s, not counted in iteration time)")
 
 
 def perplexity(loss: float) -> float:

@@ -23,7 +23,8 @@ from gptforge.errors import UserError
 
 @dataclass(kw_only=True)
 class Event:
-    """What every record has; a subclass per kind adds its fields (all required when writing)."""
+    """What every record has; a subclass per kind adds its fields (all required when writing, but those
+    declared `= None`)."""
 
     KIND: ClassVar[str] = ""
     step: int  # the event's step: optimizer steps done (log, eval, checkpoint, end) or the step that was bad
@@ -31,8 +32,10 @@ class Event:
     extra: dict = field(default_factory=dict, repr=False)  # fields of a later version, kept as read
 
     def fields(self) -> dict:
-        """The kind's own fields (not event/step/time), in declaration order, then the extra ones."""
-        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _COMMON}
+        """The kind's own fields (not event/step/time), in declaration order, then the extra ones; a field
+        declared `= None` (measured at some events only) is left out while it is None."""
+        own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+               if f.name not in _COMMON and not (f.default is None and getattr(self, f.name) is None)}
         return {**own, **self.extra}
 
     def to_dict(self) -> dict:
@@ -93,7 +96,13 @@ class Eval(Event):
     val_loss: float
     val_ppl: float
     eval_batches: int
-    seconds: float
+    seconds: float  # the whole eval, HellaSwag included
+    # HellaSwag (completion style, train/hellaswag.py) at the evals it was scored at; None elsewhere
+    hellaswag_acc_norm: float | None = None
+    hellaswag_acc: float | None = None
+    hellaswag_stderr: float | None = None  # of acc_norm
+    hellaswag_items: int | None = None
+    hellaswag_seconds: float | None = None
 
 
 @dataclass(kw_only=True)

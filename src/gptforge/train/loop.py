@@ -27,7 +27,7 @@ from gptforge.errors import UserError
 from gptforge.fmt import clock
 from gptforge.fsutil import atomic_write_text
 from gptforge.model.gpt import GPT
-from gptforge.train import devices, dist, parallel
+from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
 from gptforge.train.console import Console, eval_line, perplexity
 from gptforge.train.events import DataGrew, End, Eval, MetricsLog
@@ -183,6 +183,10 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     feed = HostToDevice(device)  # pinned staging buffers on CUDA, reused every step
     saver = Saver(run_dir, tc.keep_last, model, optimizer, scaler, loader, guard, fsdp, device, console, log)
     samples_on = _samples_on(cfg, tokenizer, fsdp, console)
+    swag, swag_line = hellaswag.during_training(tc.hellaswag_interval, tc.eval_interval, tc.hellaswag_file,
+                                                tc.hellaswag_limit, tokenizer, cfg.model.vocab_size, device)
+    if swag_line:
+        console.print(swag_line)
 
     # ---------------------------------------------------------------- the loop
     stop = StopFlag(announce=main, second_sigint_aborts=not dist.launched_by_torchrun())
@@ -196,12 +200,14 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
             if (step % tc.eval_interval == 0 or last_step) and step != resumed_at:
                 t0 = time.time()
                 train_loss, state.val_loss = evaluate(model, eval_splits, device, eval_model, autocast)
+                scored = swag.score(model, device, autocast) if swag and swag.due(step, last_step) else None
                 seconds = time.time() - t0
-                console.print(eval_line(step, train_loss, state.val_loss, seconds))
+                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else ""))
                 if log:
                     log.write(Eval(step=step, tokens=state.tokens_seen, epoch=loader.epoch_float,
                                    train_loss=train_loss, val_loss=state.val_loss, val_ppl=perplexity(state.val_loss),
-                                   eval_batches=len(eval_splits[1]), seconds=round(seconds, 3)))
+                                   eval_batches=len(eval_splits[1]), seconds=round(seconds, 3),
+                                   **(scored.event_fields() if scored else {})))
                 if samples_on:
                     write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
                                   autocast, console)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from gptforge.analysis import curves
 from gptforge.analysis.diagnose.growth import Growth, VersionSpan, growths, version_spans
+from gptforge.analysis.diagnose.standing import SwagTrend, hellaswag_trend, where_it_stands
 from gptforge.analysis.runlog import RunLog, finite, val_parts
 
 PER_SEQUENCE_LOSS_SPREAD = 0.4  # typical std of a sequence's mean loss on web text (nats), for eval noise
@@ -116,6 +117,9 @@ class Facts:
     val_min: float | None = None
     val_min_step: int | None = None
     train_at_val_min: float | None = None
+    # beyond the loss: HellaSwag through the run, and the val loss beside published runs (standing.py)
+    hellaswag: SwagTrend | None = None
+    standing: str | None = None
 
 
 def _points(events: list, key: str, x: str = "step") -> list[tuple[float, float]]:
@@ -282,9 +286,11 @@ def _speed(run: RunLog, config: dict) -> dict:
 
 
 def gather_facts(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
-                 chars_per_token: float | None = None) -> Facts:
+                 chars_per_token: float | None = None, identity: tuple = (None, None)) -> Facts:
+    """`identity`: the run's (tokenizer name, data family), for the published runs it compares with."""
     size = _size(run, config, dataset_train_tokens, chars_per_token)
     return Facts(**size, **_losses(run, size["since"]),
                  **_instability(run, config, size["versions"], size["since"]),
                  **_learning_rate(run, config, size["last_step"], size["max_iters"], size["tokens_per_iter"]),
-                 **_speed(run, config))
+                 **_speed(run, config), hellaswag=hellaswag_trend(run),
+                 standing=where_it_stands(run, size["params"], identity))

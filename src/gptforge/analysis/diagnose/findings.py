@@ -13,6 +13,7 @@ from gptforge.analysis.diagnose import speed
 from gptforge.analysis.diagnose.facts import Facts, gather_facts
 from gptforge.analysis.diagnose.finding import Finding
 from gptforge.analysis.diagnose.growth import finding_parts
+from gptforge.analysis.diagnose.standing import hellaswag_finding
 from gptforge.analysis.runlog import RunLog, finite
 from gptforge.fmt import count
 
@@ -368,8 +369,8 @@ def _unfinished(f: Facts) -> Finding | None:
 
 
 def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
-            chars_per_token: float | None = None) -> Diagnosis:
-    f = gather_facts(run, config, dataset_train_tokens, chars_per_token)
+            chars_per_token: float | None = None, identity: tuple = (None, None)) -> Diagnosis:
+    f = gather_facts(run, config, dataset_train_tokens, chars_per_token, identity)
     findings = [_diverged(f, run, config), _overfitting(f, config)]
     if findings[0] is None:
         findings += [_lr_too_high(f, run, config), _nan_skips(f)]
@@ -379,6 +380,7 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
                  _warmup_too_long(f),
                  *speed.throughput(f), speed.step_times(f), speed.eval_noise(f, config), *_level_shifts(f, config)]
     findings += [Finding("data_grew", *finding_parts(g)) for g in f.growths]
+    findings.append(hellaswag_finding(f.hellaswag, f.params, f.trend.status))
     found = [x for x in findings if x is not None]
     if not any(x.kind in ("lr_too_high", "diverged") for x in found):
         found.append(_spikes(f, run))

@@ -9,6 +9,7 @@ from pathlib import Path
 from gptforge.analysis.diagnose.findings import Diagnosis, analyse
 from gptforge.analysis.diagnose.growth import describe_growth, describe_span
 from gptforge.analysis.diagnose.speed import mfu_text
+from gptforge.analysis.diagnose.standing import hellaswag_row, run_identity
 from gptforge.analysis.runlog import RunLog, read_run
 from gptforge.errors import UserError
 from gptforge.fmt import count
@@ -86,6 +87,10 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
         rows.append(("val - train gap", f"{f.gap:+.4f}{trend}"))
     if f.val_min is not None:
         rows.append(("best val", f"{f.val_min:.4f} at step {f.val_min_step:,}"))
+    if f.standing:
+        rows.append(("published runs", f.standing))
+    if f.hellaswag:
+        rows.append(("hellaswag", hellaswag_row(f.hellaswag, f.params)))
     t = f.trend
     if t.status != "unknown":
         rows.append(
@@ -191,7 +196,7 @@ def write_diagnosis(run: RunLog, config: dict, out_dir: Path, *, prefix: str = "
     from gptforge.analysis.plot import plot_runs
 
     train_tokens, chars_per_token, note = _dataset(config, data)
-    d = analyse(run, config, train_tokens, chars_per_token)
+    d = analyse(run, config, train_tokens, chars_per_token, run_identity(run.run_dir, config, data))
     notes = list(notes or []) + ([note] if note else [])
     if run.skipped_lines:
         notes.append(f"{run.skipped_lines} unreadable line(s) in metrics.jsonl were skipped (a crash mid-write?)")

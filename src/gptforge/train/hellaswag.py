@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from gptforge.data.pinned import PINNED, cache_dir
+from gptforge.data.pinned import PINNED, cache_dir, pinned_mismatch
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.train import dist
@@ -58,6 +58,15 @@ class Result:
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds if self.seconds > 0 else float("nan")
 
+    def short(self) -> str:
+        """For the training run's eval line."""
+        return f"hellaswag {self.acc_norm:.4f} ± {self.acc_norm_stderr:.4f} ({self.items:,} items)"
+
+    def event_fields(self) -> dict:
+        """The eval event's HellaSwag fields (train/events.py)."""
+        return dict(hellaswag_acc_norm=self.acc_norm, hellaswag_acc=self.acc, hellaswag_stderr=self.acc_norm_stderr,
+                    hellaswag_items=self.items, hellaswag_seconds=round(self.seconds, 3))
+
     def line(self) -> str:
         return (f"hellaswag acc_norm {self.acc_norm:.4f} ± {self.acc_norm_stderr:.4f}, acc {self.acc:.4f} ± "
                 f"{self.acc_stderr:.4f} ({self.items:,} items, {count(self.tokens)} tokens in {self.seconds:.1f} s, "
@@ -70,14 +79,16 @@ def default_path() -> Path:
     return cache_dir() / pinned.folder / pinned.filename
 
 
-def load_items(path: str | Path | None = None, limit: int | None = None) -> list[Item]:
-    """The first `limit` items (all by default) of a HellaSwag jsonl file, each checked."""
+def load_items(path: str | Path | None = None, limit: int | None = None,
+               how: str = "pass --hellaswag FILE") -> list[Item]:
+    """The first `limit` items (all by default) of a HellaSwag jsonl file, each checked; `how` says how to
+    name another file."""
     if limit is not None and limit < 1:
         raise UserError(f"--limit must be at least 1, got {limit}")
     path = Path(path) if path is not None else default_path()
     if not path.is_file():
         raise UserError(f"HellaSwag file {path} not found: run `gptforge download hellaswag` (it goes to "
-                        f"{default_path().parent}) or pass --hellaswag FILE")
+                        f"{default_path().parent}) or {how}")
     items = []
     with open(path, encoding="utf-8", errors="replace") as f:
         for number, line in enumerate(f, 1):
@@ -162,20 +173,32 @@ def ending_losses(model, rows: list[tuple[list[list[int]], list[list[int]]]], de
     return sums.sum(1).view(-1, ENDINGS).cpu(), scored.sum(1).view(-1, ENDINGS).cpu()
 
 
+def describe_items(path: str | Path | None, n: int, limited: bool) -> str:
+    """Which `n` items these are: of the official val set (checked against its pin) or of another file, whose
+    scores do not compare with published ones."""
+    path = Path(path) if path else default_path()
+    what = "the official val set"
+    if pinned_mismatch(path, PINNED["hellaswag"]) is not None:
+        what = f"{path} (not the official val set: scores do not compare with published ones)"
+    return f"{'the first ' if limited else ''}{n:,} items of {what}"
+
+
 def stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
 def score(model, tokenizer, items: list[Item], device: torch.device, autocast=None,
-          items_per_forward: int | None = None) -> Result:
-    """HellaSwag acc and acc_norm of `model` on `items` (split across ranks under torchrun)."""
+          items_per_forward: int | None = None, encoded: list | None = None) -> Result:
+    """HellaSwag acc and acc_norm of `model` on `items` (split across ranks under torchrun); `encoded`: the
+    items as `encode` gave them, when encoded before."""
     if not items:
         raise UserError("HellaSwag: no items to score")
     start = time.perf_counter()
     block_size = model.cfg.block_size
     per_forward = items_per_forward or (16 if device.type == "cuda" else 1)
     rank, world = dist.rank(), dist.world_size()
-    encoded = encode(tokenizer, items, model.vocab_size)  # all of them on every rank: all skip, or none does
+    if encoded is None:
+        encoded = encode(tokenizer, items, model.vocab_size)  # all of them on every rank: all skip, or none does
     mine = items[rank::world]
     rows = [item_rows(ctx, ends, block_size) for ctx, ends in encoded[rank::world]]
     order = sorted(range(len(mine)), key=lambda i: max(map(len, rows[i][0])))  # similar lengths: less padding
@@ -201,3 +224,46 @@ def score(model, tokenizer, items: list[Item], device: torch.device, autocast=No
     acc, acc_norm = correct / n_items, correct_norm / n_items
     return Result(acc, acc_norm, stderr(acc, int(n_items)), stderr(acc_norm, int(n_items)), int(n_items),
                   int(tokens), time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------ during training
+
+@dataclass(frozen=True)
+class DuringTraining:
+    """HellaSwag at a training run's evals: at the first eval at or after each multiple of `interval` steps
+    (step 0 included) and at the last step. The items are read and encoded once, at start. Scoring runs the
+    plain model in eval mode (no dropout, no random draw, no batch from the loader), so the run's losses are
+    the same with it on or off, and a resume stays exact."""
+
+    interval: int
+    eval_interval: int
+    items: list[Item]
+    encoded: list
+
+    def due(self, step: int, last_step: bool) -> bool:
+        # evals fall on multiples of eval_interval: due when a multiple of interval was passed since the last one
+        return last_step or step // self.interval > (step - self.eval_interval) // self.interval
+
+    def score(self, model, device: torch.device, autocast=None) -> Result:
+        return score(model, None, self.items, device, autocast, encoded=self.encoded)
+
+
+def during_training(interval: int, eval_interval: int, path: str, limit: int, tokenizer, vocab_size: int,
+                    device: torch.device) -> tuple[DuringTraining | None, str | None]:
+    """(the scorer, the start line saying what it scores), or (None, the one line saying why it is off: no
+    file, a bad file, a tokenizer that cannot encode the items); (None, None) when interval is 0. Every rank
+    takes the same decision (the scores are all-reduced)."""
+    if not interval:
+        return None, None
+    why = scorer = None
+    try:
+        items = load_items(path or None, limit or None, how="set hellaswag_file=FILE")
+        scorer = DuringTraining(interval, eval_interval, items, encode(tokenizer, items, vocab_size))
+    except HellaSwagSkipped as e:
+        why = str(e)
+    except UserError as e:
+        why = f"HellaSwag during training is off: {e}"
+    if dist.any_true_each([why is not None], device)[0]:
+        return None, why or "HellaSwag during training is off: another process could not read its items"
+    return scorer, (f"HellaSwag at the evals every {interval:,} steps and at the end: "
+                    f"{describe_items(path, len(items), bool(limit))}")

@@ -13,7 +13,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gptforge.analysis import hellaswag as hs
 from gptforge.cli import main
 from gptforge.data import pinned
 from gptforge.data.tokenizers import gpt2_tokenizer
@@ -22,6 +21,7 @@ from gptforge.fmt import count
 from gptforge.fsutil import sha256_file
 from gptforge.interop.export import export_command
 from gptforge.train import dist
+from gptforge.train import hellaswag as hs
 
 from helpers import FIXTURES, make_run, sigint_default
 
