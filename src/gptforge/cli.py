@@ -17,7 +17,7 @@ def _prepare(a):
         text_column=a.text_column, doc_separator=_unescape(a.doc_separator), keep_partial=a.keep_partial
     )
     prepare(a.sources, a.out, tokenizer=a.tokenizer, val_fraction=a.val_fraction, split=a.split,
-            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=options)
+            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=options, part=a.part)
 
 
 def _tokenizer_train(a):
@@ -141,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-chars", type=int, default=0, help="drop documents shorter than this")
     p.add_argument("--workers", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.add_argument("--keep-partial", action="store_true", help="keep the articles read before a corrupt part of a dump")
+    p.add_argument("--part", default=None, metavar="NAME",
+                   help="name of the dataset part this run adds, for val loss per part (default: from the sources)")
     _add_source_flags(p)
     p.set_defaults(func=_prepare)
 

@@ -6,8 +6,8 @@ import textwrap
 import numpy as np
 import pytest
 
-from gptforge.data.manifest import listed_shards, load_manifest
 from gptforge.data.encode import cut_points, in_val, safe_pieces
+from gptforge.data.manifest import listed_shards, load_manifest
 from gptforge.data.prepare import prepare
 from gptforge.data.shards import open_shard
 from gptforge.data.tokenizers import gpt2_tokenizer

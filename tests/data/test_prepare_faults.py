@@ -16,7 +16,6 @@ import pytest
 from gptforge.data.dataset import open_dataset
 from gptforge.data.manifest import load_manifest
 from gptforge.data.prepare import prepare
-from gptforge.data.tokenizers import gpt2_tokenizer
 from gptforge.errors import UserError
 
 from helpers import play_texts, tree_digest, write_parquet

@@ -187,6 +187,8 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     if pending:
         _check_continuation(out, pending, part, settings)
     sources, continued = _new_sources(open_sources(specs, options), manifest)
+    for leftover in orphan_files(out, manifest):  # from an interrupted run: never read, its work is redone
+        leftover.unlink()
     if not sources and not pending:
         print(f"nothing to add: every source is already in {out}")
         return manifest or {}
@@ -198,8 +200,6 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     save_tokenizer = manifest is None
     if manifest is None:
         manifest = empty_manifest(tok.identity(), rule, shard_tokens)
-    for leftover in orphan_files(out, manifest):  # from an interrupted run: this run redoes that work
-        leftover.unlink()
     roles = [_role(s) for s in sources]
     if pending is None:
         name = part or derive_part_name([str(s.path) for s in sources], [s.kind for s in sources])
