@@ -17,11 +17,12 @@ from gptforge.errors import UserError
 LOCK_FILE = ".gptforge.lock"
 
 
-def sha256_file(*paths: str | os.PathLike) -> str:
-    """Hex sha256 of the bytes of one file, or of several files read one after the other."""
+def sha256_file(*paths: str | os.PathLike, offset: int = 0) -> str:
+    """Hex sha256 of the bytes of one file, or of several files read one after the other (each from `offset`)."""
     h = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as f:
+            f.seek(offset)
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()

@@ -240,3 +240,17 @@ def test_a_manifest_listing_ids_beyond_the_vocabulary_is_refused_when_opened(tmp
     save_manifest(data, m)
     with pytest.raises(UserError, match=r"train_000000.bin holds token ids up to \d+, not below the vocab size 1000"):
         open_dataset(data)
+
+
+def test_inspect_finds_a_shard_changed_after_prepare_by_its_sha256(tmp_path, capsys):
+    from gptforge.commands.inspection import inspect_command
+
+    data = tmp_path / "data"
+    prepare([str(write_parquet(tmp_path / "a.parquet", play_texts(3, 3000)))], data, val_fraction=0.0)
+    shard = data / "train_000000.bin"
+    raw = bytearray(shard.read_bytes())
+    raw[1026:1028], raw[1028:1030] = raw[1028:1030], raw[1026:1028]  # two tokens swapped: every id still valid
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(UserError, match="1 problem"):
+        inspect_command(str(data))
+    assert "train_000000.bin: its tokens' sha256 differs from the manifest's" in capsys.readouterr().out

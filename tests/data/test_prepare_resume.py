@@ -170,7 +170,7 @@ def test_a_rerun_says_how_many_files_were_done_and_a_no_op_rerun_changes_nothing
     assert tree_digest(data) == before
 
 
-def test_readers_see_only_finished_parts_while_a_run_is_unfinished(tmp_path):
+def test_readers_see_only_finished_parts_while_a_run_is_unfinished(tmp_path, capsys):
     files = corpus(tmp_path)
     data = tmp_path / "data"
     prepare([str(files[0])], data, **SETTINGS)
@@ -179,6 +179,11 @@ def test_readers_see_only_finished_parts_while_a_run_is_unfinished(tmp_path):
     assert run_killed(files[1:], data, "after the 2nd commit").returncode == -signal.SIGKILL
     ds = open_dataset(data)
     assert ds.unfinished == {"part": "plays", "files": 2} and ds.version == 1
+    from gptforge.commands.inspection import inspect_command
+
+    assert inspect_command(str(data)) == 0
+    shown = capsys.readouterr().out
+    assert "unfinished prepare run of part 'plays'" in shown and "2 files committed, not yet read by training" in shown
     assert ds.train.read(0, ds.train_tokens).tolist() == train and ds.val.read(0, ds.val_tokens).tolist() == val
 
 
