@@ -207,7 +207,6 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     else:
         print(f"continuing the unfinished prepare of part {pending['part']!r}: {len(pending['sources'])} of "
               f"{len(pending['sources']) + len(sources)} files already done")
-    started = time.time()
     writer = PartWriter(out, manifest, tok, workers or usable_cores(), commit_tokens, save_tokenizer)
     progress = Progress(len(pending["sources"]) + len(sources), len(pending["sources"]),
                         sum(s.path.stat().st_size for s in sources))
@@ -224,7 +223,7 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     except WriteFailed as failure:
         progress.finish()
         raise UserError(_write_failure(failure, progress, writer, manifest)) from None
-    _print_summary(manifest, version, continued, time.time() - started)
+    _print_summary(manifest, version, continued)
     return manifest
 
 
@@ -238,7 +237,7 @@ def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter,
             "committed): free some space and rerun the same command to continue")
 
 
-def _print_summary(manifest: dict, version: dict, continued: int, seconds: float) -> None:
+def _print_summary(manifest: dict, version: dict, continued: int) -> None:
     added = [s for s in manifest["sources"] if s.get("version") == version["version"]]
     docs, chars = sum(s["documents"] for s in added), sum(s["characters"] for s in added)
     train, val = sum(s["train_tokens"] for s in added), sum(s["val_tokens"] for s in added)
@@ -248,6 +247,7 @@ def _print_summary(manifest: dict, version: dict, continued: int, seconds: float
         for k, v in s["skipped"].items():
             skipped[k] = skipped.get(k, 0) + v
     earlier = f" ({continued} committed by an earlier, interrupted run)" if continued else ""
+    seconds = version["seconds"]  # this run's and what earlier runs committed
     print(
         f"added {len(added)} source(s){earlier}: {docs:,} documents, {chars:,} characters, {tokens:,} tokens "
         f"({chars / max(tokens, 1):.2f} chars/token) in {seconds:.1f}s "
