@@ -145,6 +145,8 @@ def test_bad_inputs_leave_data_dir_exactly_as_it_was(tmp_path):
         ([str(good.with_name("n.parquet"))], {}, "does not exist"),
         ([str(bad_column)], {"tokenizer": str(tok_dir)}, "is a different tokenizer"),
         ([str(bad_column)], {"val_fraction": 0.5}, "changing it would move existing documents"),
+        ([str(bad_column)], {"workers": -1}, "--workers must be at least 1, got -1"),
+        ([str(bad_column)], {"part": "../x"}, "--part '../x': use 1-40 letters"),
     ]
     for specs, kwargs, message in cases:
         with pytest.raises(UserError, match=message):

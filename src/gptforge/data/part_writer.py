@@ -12,6 +12,7 @@ the commit.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -153,10 +154,11 @@ class PartWriter:
 
     def abort(self) -> None:
         """After a failure: remove every shard the manifest on disk does not list (partial ones included)."""
-        self.train.abort()
-        self.val.abort()
-        for leftover in orphan_files(self.out, load_manifest(self.out)):
-            leftover.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # cleaning up must not hide the error that brought us here
+            self.train.abort()
+            self.val.abort()
+            for leftover in orphan_files(self.out, load_manifest(self.out)):
+                leftover.unlink(missing_ok=True)
 
     def finish(self) -> dict:
         """Settle the part's val share, add it to the dataset as a new version, save. Returns the version."""

@@ -80,21 +80,20 @@ def _resolve_split(manifest: dict | None, split: str | None, val_fraction: float
     return {"rule": split or "hash", "val_fraction": fraction, "hash": "crc32 of the UTF-8 text < val_fraction * 2**32"}
 
 
-def _new_sources(sources: list[Source], manifest: dict | None) -> tuple[list[Source], int]:
-    """Drop sources already in the dataset (or committed by its unfinished run: counted, returned second);
-    refuse a known path whose content changed."""
+def _new_sources(sources: list[Source], manifest: dict | None) -> list[Source]:
+    """Drop sources already in the dataset or committed by its unfinished run (that one quietly: the rerun
+    says how many files were done); refuse a known path whose content changed."""
     manifest = manifest or {}
     done = (manifest.get("pending") or {}).get("sources", [])
     known = manifest.get("sources", []) + done
     known_prints = {s["fingerprint"]: s["path"] for s in known}
     known_paths = {os.path.realpath(s["path"]) for s in known}
     done_prints = {s["fingerprint"] for s in done}
-    fresh, seen, skipped, continued = [], set(), [], 0
+    fresh, seen, skipped = [], set(), []
     for source in sources:
         source.check()
         fp = source.fingerprint()
         if fp in done_prints:
-            continued += 1
             continue
         if fp in known_prints or fp in seen:
             where = known_prints.get(fp, "another source of this run")
@@ -113,7 +112,7 @@ def _new_sources(sources: list[Source], manifest: dict | None) -> tuple[list[Sou
         print(line)
     if len(skipped) > 5:
         print(f"... and {len(skipped) - 5} more sources already in the dataset")
-    return fresh, continued
+    return fresh
 
 
 def _check_continuation(out: Path, pending: dict, part: str | None, settings: dict) -> None:
@@ -186,7 +185,7 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     pending = (manifest or {}).get("pending")
     if pending:
         _check_continuation(out, pending, part, settings)
-    sources, continued = _new_sources(open_sources(specs, options), manifest)
+    sources = _new_sources(open_sources(specs, options), manifest)
     for leftover in orphan_files(out, manifest):  # from an interrupted run: never read, its work is redone
         leftover.unlink()
     if not sources and not pending:
@@ -207,6 +206,7 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     else:
         print(f"continuing the unfinished prepare of part {pending['part']!r}: {len(pending['sources'])} of "
               f"{len(pending['sources']) + len(sources)} files already done")
+    continued = len(pending["sources"])
     writer = PartWriter(out, manifest, tok, workers or usable_cores(), commit_tokens, save_tokenizer)
     progress = Progress(len(pending["sources"]) + len(sources), len(pending["sources"]),
                         sum(s.path.stat().st_size for s in sources))
@@ -229,8 +229,9 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
 
 def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter, manifest: dict) -> str:
     """One line: the file, the space needed (the input left at the output/input ratio so far) and free."""
-    consumed = progress.input_bytes()
-    ratio = writer.train.total * 2 / consumed if consumed and writer.train.total else 0.5  # ~2 bytes a token
+    consumed, written = progress.input_bytes(), writer.train.total + writer.val.total
+    itemsize = 2 if writer.tok.vocab_size <= 65536 else 4
+    ratio = written * itemsize / consumed if consumed and written else 0.5  # text: ~4 bytes a token of 2 bytes
     needed = int((progress.total_bytes - consumed) * ratio)
     done = len((load_manifest(writer.out) or {}).get("pending", {}).get("sources", []))
     return (f"{write_failure_line(failure, needed)}; the earlier data is intact (with {done} files of this run "
