@@ -5,7 +5,9 @@ Builds 8 parquet files (~--gb GB on disk in all) of real text: the scenes of the
 ../shared/data when present; each copy of a document is numbered so every document is distinct (the hash
 split sees a real mix). Pages are written uncompressed, so the parquet's size is about the text's. Then:
   1. `gptforge prepare` of the 8 files into a fresh DATA_DIR: wall time and peak RSS (the reference);
-  2. the same command into another DATA_DIR, killed with SIGKILL at --kill-at of the reference's time;
+  2. the same command into another DATA_DIR, killed with SIGKILL once it has written --kill-at of the
+     reference's token bytes (shards, temporaries included: a measure of work that the load of a shared
+     machine does not distort, unlike a share of the wall time);
   3. the same command again (the rerun): how many files were already committed, wall time, peak RSS;
   4. the train and val token streams of 1 and 3 compared token for token (sha256 of each stream).
 Prints the rerun's time as a share of the full run's (goal: at most ~50% when killed at 60%).
@@ -78,21 +80,34 @@ def build_files(out: Path, gb: float, n_files: int = 8) -> tuple[list[Path], int
     return files, total
 
 
-def run(files: list[Path], data: Path, kill_after: float | None = None) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MB, exit code) of `gptforge prepare FILES --out DATA`, killed after kill_after s."""
+def written_bytes(data: Path) -> int:
+    """Token bytes on disk: shards and shard temporaries."""
+    total = 0
+    for p in data.glob("*") if data.is_dir() else []:
+        if p.name.endswith(".bin") or p.name.endswith(".bin.tmp"):
+            try:
+                total += p.stat().st_size
+            except FileNotFoundError:  # renamed or removed meanwhile
+                pass
+    return total
+
+
+def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> tuple[float, float, int]:
+    """(seconds, peak RSS in MB, exit code) of `gptforge prepare FILES --out DATA`, killed once it has written
+    kill_at_bytes of shards."""
     cmd = [sys.executable, "-m", "gptforge", "prepare", *map(str, files), "--out", str(data), "--part", "mix"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if kill_after is not None:
-        while proc.poll() is None and time.perf_counter() - started < kill_after:
-            time.sleep(0.05)
+    if kill_at_bytes is not None:
+        while proc.poll() is None and written_bytes(data) < kill_at_bytes:
+            time.sleep(0.02)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     output = proc.stdout.read()
     code = os.waitstatus_to_exitcode(status)
-    if kill_after is None and code != 0:
+    if kill_at_bytes is None and code != 0:
         raise SystemExit(f"prepare failed:\n{output}")
     print("    " + "\n    ".join(line for line in output.splitlines() if line.strip()))
     return seconds, usage.ru_maxrss / 1024, code
@@ -115,7 +130,7 @@ def stream_digest(data: Path, split: str) -> tuple[str, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--gb", type=float, default=1.0, help="GB of parquet in all (8 files)")
-    parser.add_argument("--kill-at", type=float, default=0.6, help="share of the full run's time to kill at")
+    parser.add_argument("--kill-at", type=float, default=0.6, help="share of the full run's output to kill at")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="gptforge-resume-bench-"))
@@ -126,18 +141,19 @@ def main() -> None:
               + ", ".join(real_documents()[1]))
         print("1. uninterrupted run")
         full, full_rss, _ = run(files, work / "full")
-        print(f"2. the same command, killed (SIGKILL) at {args.kill_at:.0%} of {full:.1f}s")
-        _, _, code = run(files, work / "resumed", kill_after=args.kill_at * full)
+        print(f"2. the same command, killed (SIGKILL) once it has written {args.kill_at:.0%} of the tokens")
+        kill_at_bytes = int(args.kill_at * written_bytes(work / "full"))
+        killed_at, _, code = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
         manifest = work / "resumed" / "manifest.json"
         committed = len(json.loads(manifest.read_text())["pending"]["sources"]) if manifest.exists() else 0
-        print(f"   exit {code}; {committed} of {len(files)} files committed")
+        print(f"   exit {code} after {killed_at:.1f}s; {committed} of {len(files)} files committed")
         print("3. the same command again")
         rerun, rerun_rss, _ = run(files, work / "resumed")
         same = all(stream_digest(work / "full", s) == stream_digest(work / "resumed", s) for s in ("train", "val"))
         tokens = sum(stream_digest(work / "full", s)[1] for s in ("train", "val"))
         print(f"full run : {full:.1f}s, {tokens:,} tokens, peak RSS {full_rss:.0f} MB")
         print(f"rerun    : {rerun:.1f}s = {rerun / full:.1%} of the full run ({committed} of {len(files)} files were "
-              f"committed when killed at {args.kill_at:.0%}), peak RSS {rerun_rss:.0f} MB")
+              f"committed when killed at {args.kill_at:.0%} of the work), peak RSS {rerun_rss:.0f} MB")
         print(f"streams  : train and val {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's")
         if not same:
             raise SystemExit(1)

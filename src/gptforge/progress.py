@@ -111,7 +111,7 @@ class Progress:
         share = min(consumed / self.total_bytes, 1.0)
         return (f"file {min(self.files_done + 1, self.files_total)}/{self.files_total}, "
                 f"{self.tokens / 1e6:,.1f}M tokens ({self.tokens / elapsed / 1e6:.2f}M/s), "
-                f"{consumed / elapsed / 1e6:,.1f} MB/s, {share:5.1%} of this run's input, {eta(elapsed, share)}")
+                f"{consumed / elapsed / 1e6:,.1f} MB/s in, {share:5.1%} of this run's input, {eta(elapsed, share)}")
 
     def commit(self) -> None:
         """A commit made this run's files so far durable: say so in a log (a terminal has the live line)."""
