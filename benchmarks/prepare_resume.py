@@ -145,7 +145,9 @@ def main() -> None:
         kill_at_bytes = int(args.kill_at * written_bytes(work / "full"))
         killed_at, _, code = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
         manifest = work / "resumed" / "manifest.json"
-        committed = len(json.loads(manifest.read_text())["pending"]["sources"]) if manifest.exists() else 0
+        pending = json.loads(manifest.read_text())["pending"] if manifest.exists() else {"sources": [], "shards": {}}
+        committed = len(pending["sources"])
+        kept = sum(s["tokens"] for split in pending["shards"].values() for s in split)
         print(f"   exit {code} after {killed_at:.1f}s; {committed} of {len(files)} files committed")
         print("3. the same command again")
         rerun, rerun_rss, _ = run(files, work / "resumed")
@@ -154,6 +156,8 @@ def main() -> None:
         print(f"full run : {full:.1f}s, {tokens:,} tokens, peak RSS {full_rss:.0f} MB")
         print(f"rerun    : {rerun:.1f}s = {rerun / full:.1%} of the full run ({committed} of {len(files)} files were "
               f"committed when killed at {args.kill_at:.0%} of the work), peak RSS {rerun_rss:.0f} MB")
+        print(f"work     : the kill kept {kept:,} tokens; the rerun tokenized the other {tokens - kept:,} "
+              f"({(tokens - kept) / tokens:.1%})")
         print(f"streams  : train and val {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's")
         if not same:
             raise SystemExit(1)
