@@ -212,7 +212,6 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
                         sum(s.path.stat().st_size for s in sources))
     try:
         writer.write(sources, roles, min_chars, progress)
-        progress.finish()
         if writer.part_tokens == 0:
             raise UserError(
                 "the sources hold no documents (all empty"
@@ -221,13 +220,14 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
             )
         version = writer.finish()
     except WriteFailed as failure:
+        raise UserError(_write_failure(failure, progress, writer)) from None
+    finally:
         progress.finish()
-        raise UserError(_write_failure(failure, progress, writer, manifest)) from None
     _print_summary(manifest, version, continued)
     return manifest
 
 
-def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter, manifest: dict) -> str:
+def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter) -> str:
     """One line: the file, the space needed (the input left at the output/input ratio so far) and free."""
     consumed, written = progress.input_bytes(), writer.train.total + writer.val.total
     itemsize = 2 if writer.tok.vocab_size <= 65536 else 4
