@@ -10,7 +10,8 @@ split sees a real mix). Pages are written uncompressed, so the parquet's size is
      machine does not distort, unlike a share of the wall time);
   3. the same command again (the rerun): how many files were already committed, wall time, peak RSS;
   4. the train and val token streams of 1 and 3 compared token for token (sha256 of each stream).
-Prints the rerun's time as a share of the full run's (goal: at most ~50% when killed at 60%).
+Prints the rerun's time as a share of the full run's (goal: at most ~50% when killed at 60%), in wall time
+and in CPU seconds (user + system: the work done, which other jobs on a shared machine do not inflate).
 
     python benchmarks/prepare_resume.py --gb 1.0
 """
@@ -92,9 +93,9 @@ def written_bytes(data: Path) -> int:
     return total
 
 
-def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> tuple[float, float, int]:
-    """(seconds, peak RSS in MB, exit code) of `gptforge prepare FILES --out DATA`, killed once it has written
-    kill_at_bytes of shards."""
+def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> tuple[float, float, int, float]:
+    """(seconds, peak RSS in MB, exit code, CPU seconds) of `gptforge prepare FILES --out DATA`, killed once it
+    has written kill_at_bytes of shards."""
     cmd = [sys.executable, "-m", "gptforge", "prepare", *map(str, files), "--out", str(data), "--part", "mix"]
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -110,7 +111,7 @@ def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> tupl
     if kill_at_bytes is None and code != 0:
         raise SystemExit(f"prepare failed:\n{output}")
     print("    " + "\n    ".join(line for line in output.splitlines() if line.strip()))
-    return seconds, usage.ru_maxrss / 1024, code
+    return seconds, usage.ru_maxrss / 1024, code, usage.ru_utime + usage.ru_stime
 
 
 def stream_digest(data: Path, split: str) -> tuple[str, int]:
@@ -140,22 +141,24 @@ def main() -> None:
         print(f"{len(files)} parquet files, {disk / 1e9:.2f} GB on disk, {text_bytes / 1e9:.2f} GB of text: "
               + ", ".join(real_documents()[1]))
         print("1. uninterrupted run")
-        full, full_rss, _ = run(files, work / "full")
+        full, full_rss, _, full_cpu = run(files, work / "full")
         print(f"2. the same command, killed (SIGKILL) once it has written {args.kill_at:.0%} of the tokens")
         kill_at_bytes = int(args.kill_at * written_bytes(work / "full"))
-        killed_at, _, code = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
+        killed_at, _, code, _ = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
         manifest = work / "resumed" / "manifest.json"
         pending = json.loads(manifest.read_text())["pending"] if manifest.exists() else {"sources": [], "shards": {}}
         committed = len(pending["sources"])
         kept = sum(s["tokens"] for split in pending["shards"].values() for s in split)
         print(f"   exit {code} after {killed_at:.1f}s; {committed} of {len(files)} files committed")
         print("3. the same command again")
-        rerun, rerun_rss, _ = run(files, work / "resumed")
+        rerun, rerun_rss, _, rerun_cpu = run(files, work / "resumed")
         same = all(stream_digest(work / "full", s) == stream_digest(work / "resumed", s) for s in ("train", "val"))
         tokens = sum(stream_digest(work / "full", s)[1] for s in ("train", "val"))
-        print(f"full run : {full:.1f}s, {tokens:,} tokens, peak RSS {full_rss:.0f} MB")
+        print(f"full run : {full:.1f}s ({full_cpu:.1f} CPU s), {tokens:,} tokens, peak RSS {full_rss:.0f} MB")
         print(f"rerun    : {rerun:.1f}s = {rerun / full:.1%} of the full run ({committed} of {len(files)} files were "
               f"committed when killed at {args.kill_at:.0%} of the work), peak RSS {rerun_rss:.0f} MB")
+        print(f"CPU      : rerun {rerun_cpu:.1f} CPU s = {rerun_cpu / full_cpu:.1%} of the full run's (the work, "
+              "whatever else the machine was running)")
         print(f"work     : the kill kept {kept:,} tokens; the rerun tokenized the other {tokens - kept:,} "
               f"({(tokens - kept) / tokens:.1%})")
         print(f"streams  : train and val {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's")
