@@ -22,19 +22,16 @@ import argparse
 import hashlib
 import importlib.util
 import json
-import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from childproc import Child, run_child
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -93,25 +90,14 @@ def written_bytes(data: Path) -> int:
     return total
 
 
-def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> tuple[float, float, int, float]:
-    """(seconds, peak RSS in MB, exit code, CPU seconds) of `gptforge prepare FILES --out DATA`, killed once it
-    has written kill_at_bytes of shards."""
+def run(files: list[Path], data: Path, kill_at_bytes: int | None = None) -> Child:
+    """`gptforge prepare FILES --out DATA`, killed once it has written kill_at_bytes of shards."""
     cmd = [sys.executable, "-m", "gptforge", "prepare", *map(str, files), "--out", str(data), "--part", "mix"]
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if kill_at_bytes is not None:
-        while proc.poll() is None and written_bytes(data) < kill_at_bytes:
-            time.sleep(0.02)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    output = proc.stdout.read()
-    code = os.waitstatus_to_exitcode(status)
-    if kill_at_bytes is None and code != 0:
-        raise SystemExit(f"prepare failed:\n{output}")
-    print("    " + "\n    ".join(line for line in output.splitlines() if line.strip()))
-    return seconds, usage.ru_maxrss / 1024, code, usage.ru_utime + usage.ru_stime
+    child = run_child(cmd, None if kill_at_bytes is None else lambda: written_bytes(data) >= kill_at_bytes)
+    if kill_at_bytes is None and child.exit_code != 0:
+        raise SystemExit(f"prepare failed:\n{child.output}")
+    print("    " + "\n    ".join(line for line in child.output.splitlines() if line.strip()))
+    return child
 
 
 def stream_digest(data: Path, split: str) -> tuple[str, int]:
@@ -141,24 +127,27 @@ def main() -> None:
         print(f"{len(files)} parquet files, {disk / 1e9:.2f} GB on disk, {text_bytes / 1e9:.2f} GB of text: "
               + ", ".join(real_documents()[1]))
         print("1. uninterrupted run")
-        full, full_rss, _, full_cpu = run(files, work / "full")
+        full = run(files, work / "full")
         print(f"2. the same command, killed (SIGKILL) once it has written {args.kill_at:.0%} of the tokens")
         kill_at_bytes = int(args.kill_at * written_bytes(work / "full"))
-        killed_at, _, code, _ = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
+        killed = run(files, work / "resumed", kill_at_bytes=kill_at_bytes)
         manifest = work / "resumed" / "manifest.json"
         pending = json.loads(manifest.read_text())["pending"] if manifest.exists() else {"sources": [], "shards": {}}
         committed = len(pending["sources"])
         kept = sum(s["tokens"] for split in pending["shards"].values() for s in split)
-        print(f"   exit {code} after {killed_at:.1f}s; {committed} of {len(files)} files committed")
+        print(f"   exit {killed.exit_code} after {killed.seconds:.1f}s; {committed} of {len(files)} files committed")
         print("3. the same command again")
-        rerun, rerun_rss, _, rerun_cpu = run(files, work / "resumed")
+        rerun = run(files, work / "resumed")
         same = all(stream_digest(work / "full", s) == stream_digest(work / "resumed", s) for s in ("train", "val"))
         tokens = sum(stream_digest(work / "full", s)[1] for s in ("train", "val"))
-        print(f"full run : {full:.1f}s ({full_cpu:.1f} CPU s), {tokens:,} tokens, peak RSS {full_rss:.0f} MB")
-        print(f"rerun    : {rerun:.1f}s = {rerun / full:.1%} of the full run ({committed} of {len(files)} files were "
-              f"committed when killed at {args.kill_at:.0%} of the work), peak RSS {rerun_rss:.0f} MB")
-        print(f"CPU      : rerun {rerun_cpu:.1f} CPU s = {rerun_cpu / full_cpu:.1%} of the full run's (the work, "
-              "whatever else the machine was running)")
+        print(f"full run : {full.seconds:.1f}s ({full.cpu_seconds:.1f} CPU s), {tokens:,} tokens, "
+              f"peak RSS {full.peak_mb:.0f} MB")
+        print(f"rerun    : {rerun.seconds:.1f}s = {rerun.seconds / full.seconds:.1%} of the full run ({committed} of "
+              f"{len(files)} files were committed when killed at {args.kill_at:.0%} of the work), "
+              f"peak RSS {rerun.peak_mb:.0f} MB")
+        cpu_share = rerun.cpu_seconds / full.cpu_seconds
+        print(f"CPU      : rerun {rerun.cpu_seconds:.1f} CPU s = {cpu_share:.1%} of the full run's (the work, whatever "
+              "else the machine was running)")
         print(f"work     : the kill kept {kept:,} tokens; the rerun tokenized the other {tokens - kept:,} "
               f"({(tokens - kept) / tokens:.1%})")
         print(f"streams  : train and val {'EQUAL' if same else 'DIFFER'} to the uninterrupted run's")

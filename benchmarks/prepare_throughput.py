@@ -21,7 +21,6 @@ import os
 import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from childproc import run_child
 
 
 def scene_documents() -> list[str]:
@@ -62,17 +62,14 @@ def build_shards(out: Path, gb: float, shard_mb: int = 256) -> tuple[list[Path],
 def run_prepare(files: list[Path], data_dir: Path, workers: int) -> tuple[float, int, float, float]:
     """(seconds, tokens, peak RSS in MB, CPU seconds) of `gptforge prepare` in a child process."""
     shutil.rmtree(data_dir, ignore_errors=True)
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "prepare", *map(str, files), "--out", str(data_dir),
-                             "--workers", str(workers)])
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - started
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit("prepare failed")
+    child = run_child([sys.executable, "-m", "gptforge", "prepare", *map(str, files), "--out", str(data_dir),
+                       "--workers", str(workers)])
+    if child.exit_code != 0:
+        raise SystemExit(f"prepare failed:\n{child.output}")
     import json
 
     tokens = json.loads((data_dir / "manifest.json").read_text())["totals"]["tokens"]
-    return seconds, tokens, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime  # kB on Linux
+    return child.seconds, tokens, child.peak_mb, child.cpu_seconds
 
 
 def run_ceiling(files: list[Path], workers: int) -> tuple[float, int, float]:
