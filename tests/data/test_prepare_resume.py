@@ -8,6 +8,7 @@ streams, shards (names, sizes, sha256), versions and per-source records must be 
 
 from __future__ import annotations
 
+import io
 import signal
 import subprocess
 import sys
@@ -208,3 +209,30 @@ def test_several_small_files_are_committed_together(tmp_path):
     assert run_killed(files, data, "in the middle of the 4th file", commit_tokens=4000).returncode == -signal.SIGKILL
     m = load_manifest(data)
     assert [s["path"] for s in m["pending"]["sources"]] == [str(f) for f in files[:2]]  # 2 files reach 4,000
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_the_progress_line_covers_the_whole_run():
+    from gptforge.progress import Progress
+
+    screen = Terminal()
+    progress = Progress(files_total=8, files_done=5, total_bytes=3_000_000, stream=screen, every=0.0)
+    progress.start_file(1_000_000)
+    progress.update(docs=10, tokens=250_000, chars=1_000_000)  # the first file of this run
+    progress.file_done()
+    progress.start_file(2_000_000)
+    progress.update(docs=10, tokens=250_000, chars=1_000_000)  # half of the next one, at 1 char a byte
+    line = screen.getvalue().rsplit("\r\x1b[K", 1)[-1]
+    assert line.startswith("file 7/8, 0.5M tokens (") and "MB/s in" in line
+    assert "66.7% of this run's input" in line and "ETA" in line
+    quiet = io.StringIO()
+    progress = Progress(files_total=2, files_done=0, total_bytes=10, stream=quiet)
+    progress.start_file(10)
+    progress.update(docs=1, tokens=5, chars=10)
+    progress.file_done()
+    progress.commit()  # off a terminal: one permanent line per commit, no status line
+    assert quiet.getvalue().startswith("committed 1/2 files: 0.0M tokens") and "\r" not in quiet.getvalue()
