@@ -34,7 +34,7 @@ def test_help_lists_every_config_key(capsys, command):
 EVERY_FLAG = {
     "prepare": ["s.txt", "--out", "d", "--tokenizer", "char", "--val-fraction", "0.1", "--split", "tail",
                 "--shard-tokens", "1000", "--min-chars", "3", "--workers", "2", "--keep-partial",
-                "--text-column", "body", "--doc-separator", "§"],
+                "--text-column", "body", "--doc-separator", "§", "--part", "books"],
     "download": ["fineweb10B", "--out", "d", "--shards", "2", "--start", "1", "--workers", "3", "--mirror", "http://m"],
     "bench": ["c.toml", "--steps", "3", "--warmup", "1"],
     "plan": ["c.toml", "--data", "d", "--gpu", "H100", "--vocab-size", "100", "--mfu", "0.4", "--processes", "8"],

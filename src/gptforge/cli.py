@@ -20,7 +20,8 @@ def _prepare(a):
     from gptforge.data.prepare import prepare
 
     prepare(a.sources, a.out, tokenizer=a.tokenizer, val_fraction=a.val_fraction, split=a.split,
-            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=_source_options(a))
+            shard_tokens=a.shard_tokens, min_chars=a.min_chars, workers=a.workers, options=_source_options(a),
+            part=a.part)
 
 
 def _tokenizer_train(a):
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _number(p, "--min-chars", int, "[0, inf)", "drop documents shorter than this", default=0)
     _number(p, "--workers", int, "[1, 1024]", "tokenizer threads (default: all cores)")
     p.add_argument("--keep-partial", action="store_true", help="keep the articles read before a corrupt part of a dump")
+    p.add_argument("--part", default=None, metavar="NAME",
+                   help="name of the dataset part this run adds, for val loss per part (default: from the sources)")
     _add_source_flags(p)
     p.set_defaults(func=_prepare)
 

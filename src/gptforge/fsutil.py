@@ -1,8 +1,9 @@
 """Files and the machine: atomic writes (a reader sees the old file or the complete new one, never a half),
-sha256 of files, and the number of usable cores."""
+one writer per folder, OS errors while writing told in one line, sha256 of files, and the number of usable cores."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -11,12 +12,17 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from gptforge.errors import UserError
 
-def sha256_file(*paths: str | os.PathLike) -> str:
-    """Hex sha256 of the bytes of one file, or of several files read one after the other."""
+LOCK_FILE = ".gptforge.lock"
+
+
+def sha256_file(*paths: str | os.PathLike, offset: int = 0) -> str:
+    """Hex sha256 of the bytes of one file, or of several files read one after the other (each from `offset`)."""
     h = hashlib.sha256()
     for path in paths:
         with open(path, "rb") as f:
+            f.seek(offset)
             for block in iter(lambda: f.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
@@ -107,3 +113,91 @@ def building_dir(out: str | os.PathLike):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def exclusive_lock(directory: str | os.PathLike, holder: str):
+    """Hold DIRECTORY/.gptforge.lock exclusively while writing into DIRECTORY: one writer per folder.
+
+    An flock belongs to the open file, so the OS releases it when the process ends however it ends: a kill -9
+    never leaves a stale lock. A second writer stops at once with the holder's name and pid (kept in the file
+    while held, emptied on release so a finished folder is byte-for-byte what it was). Readers never take it.
+    """
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no locking rather than no writing
+        yield
+        return
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError as e:
+        raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            other = os.pread(fd, 256, 0).decode("utf-8", "replace").strip() or "another gptforge process"
+            raise UserError(f"{directory} is being written by {other}; one writer at a time: wait for it to finish, "
+                            "or stop it") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{holder} (pid {os.getpid()})\n".encode(), 0)
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class WriteFailed(Exception):
+    """An OS error (disk full, quota, read-only, I/O) while writing `path`; the caller says what it means."""
+
+    def __init__(self, path: str | os.PathLike, error: OSError):
+        super().__init__(f"{path}: {error.strerror or error}")
+        self.path, self.error = Path(path), error
+
+    @property
+    def disk_full(self) -> bool:
+        return self.error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+@contextmanager
+def writing(path: str | os.PathLike):
+    """Turn an OSError raised inside into WriteFailed naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        raise WriteFailed(path, e) from e
+
+
+def free_bytes(path: str | os.PathLike) -> int | None:
+    """Free bytes on the file system holding `path` (or its nearest existing parent); None if unknown."""
+    path = Path(path).absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
+def write_failure_line(failure: WriteFailed, needed: int | None) -> str:
+    """'cannot write PATH: the disk is full (...): about N needed, M free' (sizes only where they help)."""
+    if not failure.disk_full:
+        return f"cannot write {failure.path}: {failure.error.strerror or failure.error}"
+    free = free_bytes(failure.path)
+    sizes = []
+    if needed is not None:
+        sizes.append(f"about {_size(needed)} needed")
+    if free is not None:
+        sizes.append(f"{_size(free)} free")
+    return f"cannot write {failure.path}: the disk is full ({failure.error.strerror})" + (
+        f": {', '.join(sizes)}" if sizes else "")
+
+
+def _size(nbytes: int) -> str:
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= div:
+            return f"{nbytes / div:,.1f} {unit}"
+    return f"{nbytes:,} bytes"

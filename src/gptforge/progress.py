@@ -61,35 +61,67 @@ def eta(elapsed: float, share_done: float) -> str:
     return f"ETA {clock(elapsed * (1 - share_done) / share_done)}" if share_done > 0 else "ETA ?"
 
 
-class Progress:
-    """prepare's line: documents/s, tokens/s and an ETA from the share of input bytes consumed."""
+LOG_EVERY = 30.0  # seconds between prepare's commit lines in a log
 
-    def __init__(self, total_bytes: int, stream=None, every: float = 0.5):
+
+class Progress:
+    """prepare's line over the whole run: files done / total, tokens, MB/s of input, share done and ETA.
+
+    The share counts the input bytes of finished files plus an estimate for the file being read (its
+    characters so far over the characters per byte of the files finished before it), so the ETA moves
+    within a large file too. Off a terminal, `commit` prints a permanent line instead.
+    """
+
+    def __init__(self, files_total: int, files_done: int, total_bytes: int, stream=None, every: float = 0.5):
         self.line = StatusLine(stream, every=every)
+        self.files_total, self.files_done = files_total, files_done
         self.total_bytes = max(total_bytes, 1)
-        self.done_bytes = 0
+        self.done_bytes = 0  # input bytes of the files finished in this run
+        self.file_bytes = self.file_chars = 0
         self.docs = self.tokens = self.chars = 0
-        self.started = time.time()
+        self.done_chars = 0  # characters of the files finished in this run
+        self.started = self.last_logged = time.time()
 
     @property
     def enabled(self) -> bool:
         return self.line.live
 
+    def start_file(self, size_bytes: int) -> None:
+        self.file_bytes, self.file_chars = size_bytes, 0
+
     def update(self, docs: int, tokens: int, chars: int) -> None:
         self.docs += docs
         self.tokens += tokens
         self.chars += chars
+        self.file_chars += chars
         if self.line.live:
             self.line.show(self._text())
 
-    def source_done(self, size_bytes: int) -> None:
-        self.done_bytes += size_bytes
+    def file_done(self) -> None:
+        self.done_bytes += self.file_bytes
+        self.done_chars += self.file_chars
+        self.files_done += 1
+        self.file_bytes = self.file_chars = 0
+
+    def input_bytes(self) -> float:
+        chars_per_byte = self.done_chars / self.done_bytes if self.done_bytes else 1.0
+        in_file = min(self.file_chars / max(chars_per_byte, 1e-9), 0.99 * self.file_bytes)
+        return self.done_bytes + in_file
 
     def _text(self) -> str:
         elapsed = max(time.time() - self.started, 1e-9)
-        share = min(self.done_bytes / self.total_bytes, 1.0)
-        return (f"{self.docs:,} docs ({self.docs / elapsed:,.0f}/s), {self.tokens / 1e6:,.1f}M tokens "
-                f"({self.tokens / elapsed / 1e6:.2f}M/s), {share:5.1%} of input, {eta(elapsed, share)}")
+        consumed = self.input_bytes()
+        share = min(consumed / self.total_bytes, 1.0)
+        return (f"file {min(self.files_done + 1, self.files_total)}/{self.files_total}, "
+                f"{self.tokens / 1e6:,.1f}M tokens ({self.tokens / elapsed / 1e6:.2f}M/s), "
+                f"{consumed / elapsed / 1e6:,.1f} MB/s in, {share:5.1%} of this run's input, {eta(elapsed, share)}")
+
+    def commit(self) -> None:
+        """A commit made this run's files so far durable: say so in a log (a terminal has the live line), at most
+        every LOG_EVERY seconds, so a long run's log shows its progress and a short one stays quiet."""
+        if not self.line.live and time.time() - self.last_logged >= LOG_EVERY:
+            self.last_logged = time.time()
+            self.line.say(f"committed {self.files_done}/{self.files_total} files: " + self._text().split(", ", 1)[1])
 
     def finish(self) -> None:
         self.line.clear()

@@ -6,8 +6,9 @@ import textwrap
 import numpy as np
 import pytest
 
+from gptforge.data.encode import cut_points, in_val, safe_pieces
 from gptforge.data.manifest import listed_shards, load_manifest
-from gptforge.data.prepare import in_val, prepare, safe_pieces
+from gptforge.data.prepare import prepare
 from gptforge.data.shards import open_shard
 from gptforge.data.tokenizers import gpt2_tokenizer
 from gptforge.errors import UserError
@@ -144,6 +145,8 @@ def test_bad_inputs_leave_data_dir_exactly_as_it_was(tmp_path):
         ([str(good.with_name("n.parquet"))], {}, "does not exist"),
         ([str(bad_column)], {"tokenizer": str(tok_dir)}, "is a different tokenizer"),
         ([str(bad_column)], {"val_fraction": 0.5}, "changing it would move existing documents"),
+        ([str(bad_column)], {"workers": -1}, "--workers must be at least 1, got -1"),
+        ([str(bad_column)], {"part": "../x"}, "--part '../x': use 1-40 letters"),
     ]
     for specs, kwargs, message in cases:
         with pytest.raises(UserError, match=message):
@@ -186,18 +189,45 @@ def test_safe_pieces_tokenize_exactly_like_the_whole_text():
     text = "\n".join(play_texts(4, 50_000))
     pieces = safe_pieces(text, piece_chars=2000)
     assert len(pieces) > 20 and "".join(pieces) == text
+    assert all(len(p) <= 4000 for p in pieces)
     tok = gpt2_tokenizer()
     assert np.concatenate([tok.encode(p) for p in pieces]).tolist() == tok.encode(text).tolist()
-    # whitespace-heavy random text is where a wrong cut would show
+    # a text without newlines is cut at spaces, just as exactly
+    line = text.replace("\n", " ")
+    assert cut_points(line, 2000)[1] == 0
+    assert np.concatenate([tok.encode(p) for p in safe_pieces(line, 2000)]).tolist() == tok.encode(line).tolist()
+    # whitespace-heavy random text is where a wrong cut would show; unicode spaces are whitespace to both
     import random
 
     rng = random.Random(0)
-    alphabet = ["a", "b", " ", "  ", "\n", "\n\n", "\t", "'s", "1", "é", "!", "\r\n", " \n"]
-    for _ in range(200):
+    alphabet = ["a", "b", " ", "  ", "\n", "\n\n", "\t", "'s", "'", "1", "é", "!", "\r\n", " \n", "\u00a0",
+                "\u3000", "\x1c", "😀", " 1", "x y"]
+    exact = forced = 0
+    for _ in range(600):
         text = "".join(rng.choice(alphabet) for _ in range(rng.randint(50, 400)))
-        pieces = safe_pieces(text, piece_chars=rng.randint(3, 40))
-        assert "".join(pieces) == text
+        cuts, n_forced = cut_points(text, piece_chars=rng.randint(3, 40))
+        pieces = safe_pieces(text, piece_chars=len(text))  # no cut
+        assert pieces == [text]
+        bounds = [0, *cuts, len(text)]
+        pieces = [text[a:b] for a, b in zip(bounds, bounds[1:])]
+        assert "".join(pieces) == text and all(pieces)
+        if n_forced:  # no safe place within 2 x piece_chars: cut anyway, counted
+            forced += 1
+            continue
+        exact += 1
         assert np.concatenate([tok.encode(p) for p in pieces]).tolist() == tok.encode(text).tolist()
+    assert exact > 200 and forced > 100
+
+
+def test_a_run_without_a_safe_cut_is_cut_at_twice_the_piece_size_and_counted():
+    text = "Start here " + "x" * 10_000 + " and go on"
+    cuts, forced = cut_points(text, piece_chars=1000)
+    assert cuts == [2000, 4000, 6000, 8000, 10000] and forced == 5  # the spaces lie outside every window
+    tok = gpt2_tokenizer()
+    pieces = safe_pieces(text, 1000)
+    whole, cut = tok.encode(text).tolist(), np.concatenate([tok.encode(p) for p in pieces]).tolist()
+    assert tok.decode(cut) == text  # the same text, possibly other tokens at the forced cuts
+    assert abs(len(cut) - len(whole)) <= 2 * forced
 
 
 def _interrupted_run(tmp_path, data, srcs, kill_after_shards, sig):
@@ -240,7 +270,7 @@ def test_interrupted_prepare_keeps_the_old_dataset_and_a_rerun_finishes_without_
     tok = gpt2_tokenizer()
     assert docs_of(stream(data, "train")) == [tok.encode(t).tolist() for t in play_texts(6, 3000)]
     leftovers = [p.name for p in data.iterdir() if p.name.startswith(".")]
-    assert leftovers == []
+    assert leftovers == [".gptforge.lock"] and (data / ".gptforge.lock").read_bytes() == b""
 
 
 def test_cli_prepare_and_inspect_exit_codes(tmp_path):

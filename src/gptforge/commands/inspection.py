@@ -5,25 +5,33 @@ from __future__ import annotations
 from pathlib import Path
 
 from gptforge.data.manifest import MANIFEST, listed_shards, load_manifest, orphan_files
-from gptforge.data.shards import NANOGPT_NAMES, open_shard, read_header, shard_format
+from gptforge.data.shards import HEADER_BYTES, NANOGPT_NAMES, open_shard, read_header, shard_format
 from gptforge.errors import UserError
+from gptforge.fsutil import sha256_file
+
+
+def _shard_problem(path: Path, entry: dict, vocab: int) -> str | None:
+    try:
+        arr = open_shard(path, vocab_size=vocab, check_ids=True)
+    except UserError as e:
+        return str(e)
+    if len(arr) != entry["tokens"]:
+        return f"shard {path}: holds {len(arr):,} tokens but the manifest says {entry['tokens']:,}"
+    if entry.get("sha256") and sha256_file(path, offset=HEADER_BYTES) != entry["sha256"]:
+        return f"shard {path}: its tokens' sha256 differs from the manifest's (changed after prepare wrote it)"
+    return None
 
 
 def verify_dataset(data_dir: Path, manifest: dict) -> list[str]:
-    """Problems found in the shards the manifest lists (empty list: all good)."""
+    """Problems found in the shards the manifest lists, an unfinished run's included (empty list: all good)."""
     problems = []
     vocab = int(manifest["tokenizer"]["vocab_size"])
+    pending = (manifest.get("pending") or {}).get("shards", {})
     for split in ("train", "val"):
-        counted = 0
-        for path, tokens in listed_shards(data_dir, manifest, split):
-            try:
-                arr = open_shard(path, vocab_size=vocab, check_ids=True)
-            except UserError as e:
-                problems.append(str(e))
-                continue
-            if len(arr) != tokens:
-                problems.append(f"shard {path}: holds {len(arr):,} tokens but the manifest says {tokens:,}")
-            counted += len(arr)
+        found = [_shard_problem(data_dir / e["file"], e, vocab) for e in manifest["shards"][split]]
+        found += [_shard_problem(data_dir / e["file"], e, vocab) for e in pending.get(split, [])]
+        problems += [p for p in found if p]
+        counted = sum(e["tokens"] for e in manifest["shards"][split])
         expected = manifest["totals"][f"{split}_tokens"]
         if not problems and counted != expected:
             problems.append(f"{split} shards hold {counted:,} tokens but the manifest totals say {expected:,}")
@@ -41,10 +49,15 @@ def _inspect_dataset(data_dir: Path) -> int:
     print(f"  train {totals['train_tokens']:,} tokens in {len(manifest['shards']['train'])} shards; "
           f"val {totals['val_tokens']:,} tokens in {len(manifest['shards']['val'])} shards")
     for v in manifest.get("versions", []):
+        part = f" part {v['part']!r}," if v.get("part") else ""
         print(
-            f"  version {v['version']} ({v['added']}): +{len(v['sources'])} sources -> "
-            f"{v['train_tokens']:,} train tokens"
+            f"  version {v['version']} ({v['added']}):{part} +{len(v['sources'])} sources -> "
+            f"{v['train_tokens']:,} train, {v.get('val_tokens', 0):,} val tokens"
         )
+    pending = manifest.get("pending")
+    if pending:
+        print(f"  unfinished prepare run of part {pending['part']!r} (started {pending['started']}): "
+              f"{len(pending['sources'])} files committed, not yet read by training; rerun its command to finish it")
     leftovers = orphan_files(data_dir, manifest)
     if leftovers:
         print(f"  {len(leftovers)} file(s) from an interrupted prepare are not part of the dataset "
@@ -56,7 +69,7 @@ def _inspect_dataset(data_dir: Path) -> int:
         raise UserError(f"dataset {data_dir}: {len(problems)} problem(s) found (listed above)")
     formats = sorted({shard_format(path) for split in ("train", "val") for path, _ in
                       listed_shards(data_dir, manifest, split)})
-    print(f"  verified: every shard's header, size and token ids (< {tok['vocab_size']:,}) are good; "
+    print(f"  verified: every shard's header, size, sha256 and token ids (< {tok['vocab_size']:,}) are good; "
           f"tokens {', '.join(formats)}")
     return 0
 

@@ -654,3 +654,20 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
           f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:.1f} s ({rate:,.1f} MB/s) in {out}"
           + (f"; validation file {val}" if val else ""), file=print_out, flush=True)
     return summary
+
+
+def recorded_role(path: str | os.PathLike, sha256: str | None = None) -> str | None:
+    """The role ("train" or "val") this command recorded for the file at `path`, if it is still the file it
+    downloaded (same size, and same sha256 where both are known); None for any other file. prepare reads it
+    so a named dataset's validation file becomes val."""
+    path = Path(path)
+    try:
+        entry = json.loads((path.parent / RECORD).read_text()).get("files", {}).get(path.name)
+        size = path.stat().st_size
+    except (OSError, ValueError, AttributeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("size") != size:
+        return None
+    if sha256 and entry.get("sha256") and entry["sha256"] != sha256:
+        return None
+    return entry.get("role")

@@ -1,181 +1,34 @@
-"""sources -> tokenized shards + manifest. Incremental, parallel, constant memory.
+"""sources -> tokenized shards + manifest: incremental, parallel, constant memory, committed as it goes.
 
-One call of `prepare` is one transaction: shards are written as they fill, the manifest is
-rewritten (atomically) only at the end, so a crash or Ctrl-C at any moment leaves the previous
-dataset exactly as valid as it was, and the next run redoes the unfinished work.
+One prepare run adds one dataset version, a part with a short name ("fineweb-edu", "wikipedia"; `--part`).
+It commits after each source file (or group of small files): an interrupted run keeps every file it finished
+and the same command continues with the rest, and the result is the same wherever it was interrupted
+(part_writer.py). Readers see the part once the run has finished. One writer at a time: prepare holds a lock
+on DATA_DIR (released by the OS if the process dies); readers never wait for it. A full disk or another OS
+error is one line naming the file, the space needed and free; the data committed before stays intact.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import queue
 import shutil
-import threading
 import time
-import zlib
-from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-
-from gptforge.data.manifest import empty_manifest, load_manifest, orphan_files, save_manifest
-from gptforge.data.shard_streams import ShardSequence, move_tail
+from gptforge.data.download import recorded_role
+from gptforge.data.manifest import MANIFEST, empty_manifest, load_manifest, orphan_files
+from gptforge.data.part_writer import TOKENIZER_DIR, PartWriter, new_pending
+from gptforge.data.parts import check_part_name, derive_part_name, val_parts
 from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
 from gptforge.errors import UserError
-from gptforge.fsutil import usable_cores
+from gptforge.fsutil import LOCK_FILE, WriteFailed, exclusive_lock, usable_cores, write_failure_line
 from gptforge.progress import Progress
 
 DEFAULT_VAL_FRACTION = 0.01
-MIN_VAL_TOKENS = 100_000  # hash split on a fresh dataset: at least this much val (or 10% of a tiny corpus)
-BATCH_CHARS = 4 << 20  # text handed to the tokenizer threads at once
-PIECE_CHARS = 1 << 18  # long documents are cut into pieces this size so they use every core too
-TOKENIZER_DIR = "tokenizer"
-
-
-def in_val(text: str, val_fraction: float) -> bool:
-    """The hash split: a document's place depends only on its own text, so appends never move it.
-
-    CRC-32 of the UTF-8 text: uniform enough to split by, and 4x faster than blake2b, which matters
-    because it runs beside the tokenizer threads.
-    """
-    return zlib.crc32(text.encode("utf-8", "surrogatepass")) < val_fraction * 2**32
-
-
-def safe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
-    """Cut a long text where tokenizing the pieces gives exactly the tokens of the whole.
-
-    A cut goes right before a newline that is followed by a non-space character: GPT-2's
-    pre-tokenizer makes that newline a token of its own, and the whitespace before it another,
-    whichever way the text is split.
-    """
-    if len(text) <= piece_chars:
-        return [text]
-    pieces, start = [], 0
-    while len(text) - start > piece_chars:
-        pos = text.find("\n", start + piece_chars)
-        while pos != -1 and not (pos + 1 < len(text) and not text[pos + 1].isspace()):
-            pos = text.find("\n", pos + 1)
-        if pos == -1:
-            break
-        pieces.append(text[start:pos])
-        start = pos
-    pieces.append(text[start:])
-    return pieces
-
-
-@dataclass
-class SourceTally:
-    """What one source contributed in this run, in run-stream coordinates for each split."""
-
-    documents: int = 0
-    characters: int = 0
-    short_skipped: int = 0
-    train: list[int] = field(default_factory=lambda: [0, 0])  # [start, end) in this run's train stream
-    val: list[int] = field(default_factory=lambda: [0, 0])
-
-
-def _batches(sources: list[Source], min_chars: int, tallies: dict[int, SourceTally]) -> Iterator[tuple[int, list[str]]]:
-    """(source index, documents) batches of about BATCH_CHARS characters, in order."""
-    for index, source in enumerate(sources):
-        tally = tallies[index]
-        batch, chars = [], 0
-        for doc in source.documents():
-            if len(doc) < min_chars:
-                tally.short_skipped += 1
-                continue
-            batch.append(doc)
-            chars += len(doc)
-            if chars >= BATCH_CHARS:
-                yield index, batch
-                batch, chars = [], 0
-        if batch:
-            yield index, batch
-        yield index, []  # marks the end of this source
-
-
-def _read_ahead(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run `iterator` in a thread so reading and decoding overlap with tokenizing."""
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def worker():
-        try:
-            for item in iterator:
-                if stop.is_set():
-                    return
-                q.put(item)
-            q.put(done)
-        except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put(e)
-
-    thread = threading.Thread(target=worker, daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-
-
-class _Encoder:
-    """Tokenizes batches on all cores (tiktoken releases the GIL) into one array per split.
-
-    `submit` returns at once: a coordinator thread splits, hashes and assembles a batch while the
-    caller writes the previous one, so the cores never wait for the disk.
-    """
-
-    def __init__(self, tokenizer: Tokenizer, workers: int, rule: dict):
-        self.tokenizer = tokenizer
-        self.workers = workers
-        self.rule = rule
-        self.pool = ThreadPoolExecutor(workers)
-        self.coordinator = ThreadPoolExecutor(1)
-        self.eot = np.array([tokenizer.eot_id], dtype=np.uint32)
-
-    def submit(self, docs: list[str]) -> Future:
-        return self.coordinator.submit(self._encode, docs)
-
-    def _encode_pieces(self, pieces: list[str]) -> list[np.ndarray]:
-        return [self.tokenizer.encode(p) for p in pieces]
-
-    def _encode(self, docs: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """(train tokens, val tokens) of a batch; every document starts with end-of-text."""
-        pieces, owner = [], []
-        for i, doc in enumerate(docs):
-            for piece in safe_pieces(doc):
-                pieces.append(piece)
-                owner.append(i)
-        n_tasks = min(len(pieces), self.workers * 4)  # a few tasks per thread balances uneven lengths
-        chunks = [pieces[i::n_tasks] for i in range(n_tasks)]
-        to_val = [self.rule["rule"] == "hash" and in_val(d, self.rule["val_fraction"]) for d in docs]
-        encoded: list = [None] * len(pieces)
-        for i, chunk in enumerate(self.pool.map(self._encode_pieces, chunks)):
-            encoded[i::n_tasks] = chunk
-        parts: dict[bool, list[np.ndarray]] = {False: [], True: []}
-        last_owner = -1
-        for i, toks in zip(owner, encoded):
-            if i != last_owner:
-                parts[to_val[i]].append(self.eot)
-                last_owner = i
-            parts[to_val[i]].append(toks)
-        empty = np.zeros(0, dtype=np.uint32)
-        return tuple(np.concatenate(parts[v]) if parts[v] else empty for v in (False, True))
-
-    def close(self) -> None:
-        self.coordinator.shutdown()
-        self.pool.shutdown()
+COMMIT_TOKENS = 10_000_000  # commit after a source file once this many tokens are waiting (~40 MB of text)
 
 
 def _check_out_dir(out: Path) -> dict | None:
@@ -184,7 +37,7 @@ def _check_out_dir(out: Path) -> dict | None:
     manifest = load_manifest(out) if out.exists() else None
     if manifest is None and out.exists():
         leftovers = set(orphan_files(out, None))
-        others = [p for p in out.iterdir() if p not in leftovers and p.name != TOKENIZER_DIR]
+        others = [p for p in out.iterdir() if p not in leftovers and p.name not in (TOKENIZER_DIR, LOCK_FILE)]
         if others:
             raise UserError(
                 f"--out {out} is not empty and has no manifest.json: not a gptforge dataset, refusing to write into it"
@@ -228,27 +81,58 @@ def _resolve_split(manifest: dict | None, split: str | None, val_fraction: float
 
 
 def _new_sources(sources: list[Source], manifest: dict | None) -> list[Source]:
-    """Drop sources already in the dataset; refuse a known path whose content changed."""
-    known_prints = {s["fingerprint"]: s["path"] for s in (manifest or {}).get("sources", [])}
-    known_paths = {os.path.realpath(s["path"]): s for s in (manifest or {}).get("sources", [])}
-    fresh, seen = [], set()
+    """Drop sources already in the dataset or committed by its unfinished run (that one quietly: the rerun
+    says how many files were done); refuse a known path whose content changed."""
+    manifest = manifest or {}
+    done = (manifest.get("pending") or {}).get("sources", [])
+    known = manifest.get("sources", []) + done
+    known_prints = {s["fingerprint"]: s["path"] for s in known}
+    known_paths = {os.path.realpath(s["path"]) for s in known}
+    done_prints = {s["fingerprint"] for s in done}
+    fresh, seen, skipped = [], set(), []
     for source in sources:
         source.check()
         fp = source.fingerprint()
-        old = known_paths.get(os.path.realpath(source.path))
+        if fp in done_prints:
+            continue
         if fp in known_prints or fp in seen:
             where = known_prints.get(fp, "another source of this run")
             same = os.path.realpath(where) == os.path.realpath(source.path)
-            print(f"skipping {source.path}: already in the dataset" + ("" if same else f" (same content as {where})"))
+            also = "" if same else f" (same content as {where})"
+            skipped.append(f"skipping {source.path}: already in the dataset{also}")
             continue
-        if old is not None:
+        if os.path.realpath(source.path) in known_paths:
             raise UserError(
                 f"source {source.path} changed since it was added to this dataset (fingerprint differs); "
                 "to add the new content, give it a new file name"
             )
         seen.add(fp)
         fresh.append(source)
+    for line in skipped[:5]:
+        print(line)
+    if len(skipped) > 5:
+        print(f"... and {len(skipped) - 5} more sources already in the dataset")
     return fresh
+
+
+def _check_continuation(out: Path, pending: dict, part: str | None, settings: dict) -> None:
+    """A run that finds an unfinished one continues it: it must be the same part, made the same way."""
+    done = len(pending["sources"])
+    if part is not None and part != pending["part"]:
+        raise UserError(
+            f"{out} has an unfinished prepare run of part {pending['part']!r} ({done} files done): finish it first "
+            f"(rerun its command, or name just its finished files to close it as it is), then add part {part!r}"
+        )
+    differ = [f"{k} {pending['settings'].get(k)!r} (now {v!r})" for k, v in settings.items()
+              if pending["settings"].get(k) != v]
+    if differ:
+        raise UserError(f"{out} has an unfinished prepare run ({done} files done) made with {', '.join(differ)}: "
+                        "rerun it with the same options to finish it")
+
+
+def _role(source: Source) -> str | None:
+    """"val" for a named dataset's validation file, as `gptforge download` recorded it beside the file."""
+    return recorded_role(source.path, source.fingerprint().removeprefix("sha256:"))
 
 
 def prepare(
@@ -261,19 +145,50 @@ def prepare(
     min_chars: int = 0,
     workers: int | None = None,
     options: SourceOptions | None = None,
+    part: str | None = None,
+    commit_tokens: int = COMMIT_TOKENS,
 ) -> dict:
-    """Tokenize `specs` into DATA_DIR `out` (creating or appending). Returns the manifest written."""
+    """Tokenize `specs` into DATA_DIR `out` (creating, appending or continuing). Returns the manifest written."""
     out = Path(out)
     if shard_tokens <= 0:
         raise UserError(f"--shard-tokens must be positive, got {shard_tokens}")
-    manifest = _check_out_dir(out)
-    tok = _resolve_tokenizer(out, manifest, tokenizer)
-    rule = _resolve_split(manifest, split, val_fraction)
+    if workers is not None and workers < 1:
+        raise UserError(f"--workers must be at least 1, got {workers}")
+    if part is not None:
+        check_part_name(part)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
     options = options or SourceOptions()
     if workers:
         options = dataclasses.replace(options, workers=workers)
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create the directory ({e.strerror})") from None
+    with exclusive_lock(out, "gptforge prepare"):
+        try:
+            return _prepare(specs, out, tokenizer, val_fraction, split, shard_tokens, min_chars, workers, options,
+                            part, commit_tokens)
+        except BaseException:
+            if created and not (out / MANIFEST).exists():  # nothing was committed: leave no directory behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise
+
+
+def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min_chars, workers, options, part,
+             commit_tokens) -> dict:
+    manifest = _check_out_dir(out)
+    tok = _resolve_tokenizer(out, manifest, tokenizer)
+    rule = _resolve_split(manifest, split, val_fraction)
+    settings = {"min_chars": min_chars, "text_column": options.text_column, "doc_separator": options.doc_separator}
+    pending = (manifest or {}).get("pending")
+    if pending:
+        _check_continuation(out, pending, part, settings)
     sources = _new_sources(open_sources(specs, options), manifest)
-    if not sources:
+    for leftover in orphan_files(out, manifest):  # from an interrupted run: never read, its work is redone
+        leftover.unlink()
+    if not sources and not pending:
         print(f"nothing to add: every source is already in {out}")
         return manifest or {}
     if tok is None:
@@ -281,158 +196,79 @@ def prepare(
         tok = CharTokenizer.from_texts(doc for s in sources for doc in s.documents())
         for s in sources:
             s.counters.clear()
-    fresh = manifest is None
-    if fresh:
+    save_tokenizer = manifest is None
+    if manifest is None:
         manifest = empty_manifest(tok.identity(), rule, shard_tokens)
-    created_dir = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
-    for leftover in orphan_files(out, manifest):  # from an interrupted run: this run redoes that work
-        leftover.unlink()
-
-    train = ShardSequence(out, "train", len(manifest["shards"]["train"]), manifest["shard_tokens"], tok.vocab_size)
-    val = ShardSequence(out, "val", len(manifest["shards"]["val"]), manifest["shard_tokens"], tok.vocab_size)
-    tallies = {i: SourceTally() for i in range(len(sources))}
-    encoder = _Encoder(tok, workers or usable_cores(), rule)
-    progress = Progress(total_bytes=sum(s.path.stat().st_size for s in sources))
-    started = time.time()
+    roles = [_role(s) for s in sources]
+    if pending is None:
+        name = part or derive_part_name([str(s.path) for s in sources], [s.kind for s in sources])
+        pending = manifest["pending"] = new_pending(name, settings, "val_files" if "val" in roles else rule["rule"])
+    else:
+        print(f"continuing the unfinished prepare of part {pending['part']!r}: {len(pending['sources'])} of "
+              f"{len(pending['sources']) + len(sources)} files already done")
+    continued = len(pending["sources"])
+    writer = PartWriter(out, manifest, tok, workers or usable_cores(), commit_tokens, save_tokenizer)
+    progress = Progress(len(pending["sources"]) + len(sources), len(pending["sources"]),
+                        sum(s.path.stat().st_size for s in sources))
     try:
-        in_flight: deque = deque()  # (source index, docs, future): written in order, two batches ahead
-
-        def write_oldest() -> None:
-            index, docs, future = in_flight.popleft()
-            train_tokens, val_tokens = future.result()
-            train.write(train_tokens)
-            val.write(val_tokens)
-            tallies[index].documents += len(docs)
-            tallies[index].characters += sum(map(len, docs))
-            progress.update(len(docs), len(train_tokens) + len(val_tokens), sum(map(len, docs)))
-
-        for index, docs in _read_ahead(_batches(sources, min_chars, tallies)):
-            if docs:
-                in_flight.append((index, docs, encoder.submit(docs)))
-                if len(in_flight) > 2:
-                    write_oldest()
-                continue
-            while in_flight:  # end of a source: its spans in both streams are now known
-                write_oldest()
-            tallies[index].train[1], tallies[index].val[1] = train.total, val.total
-            progress.source_done(sources[index].path.stat().st_size)
-            if index + 1 in tallies:
-                tallies[index + 1].train[0], tallies[index + 1].val[0] = train.total, val.total
-        progress.finish()
-        train.close()
-        moved = move_tail(train, val, _tail_tokens(rule, fresh, train.total, val.total))
-        val.close()
-        if train.total == 0 and val.total == 0:
+        writer.write(sources, roles, min_chars, progress)
+        if writer.part_tokens == 0:
             raise UserError(
                 "the sources hold no documents (all empty"
                 + (f" or shorter than --min-chars {min_chars}" if min_chars else "")
                 + ")"
             )
-        if fresh:
-            tok.save(out / TOKENIZER_DIR)
-        _record(manifest, sources, tallies, train, val, moved, time.time() - started)
-        save_manifest(out, manifest)
-    except BaseException:
-        train.abort()
-        val.abort()
-        if created_dir:
-            shutil.rmtree(out, ignore_errors=True)
-        raise
+        version = writer.finish()
+    except WriteFailed as failure:
+        raise UserError(_write_failure(failure, progress, writer)) from None
     finally:
-        encoder.close()
-    _print_summary(manifest, sources, tallies, time.time() - started)
+        progress.finish()
+    _print_summary(manifest, version, continued)
     return manifest
 
 
-def _tail_tokens(rule: dict, fresh: bool, train_total: int, val_total: int) -> int:
-    """How much of this run's train stream moves to val: the tail split, or the small-corpus minimum."""
-    run_total = train_total + val_total
-    if rule["rule"] == "tail":
-        return round(run_total * rule["val_fraction"])
-    if not fresh or rule["val_fraction"] == 0:
-        return 0
-    target = max(round(run_total * rule["val_fraction"]), min(MIN_VAL_TOKENS, run_total // 10))
-    return max(target - val_total, 0) if val_total < target / 2 else 0
+def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter) -> str:
+    """One line: the file, the space needed (the input left at the output/input ratio so far) and free."""
+    consumed, written = progress.input_bytes(), writer.train.total + writer.val.total
+    itemsize = 2 if writer.tok.vocab_size <= 65536 else 4
+    ratio = written * itemsize / consumed if consumed and written else 0.5  # text: ~4 bytes a token of 2 bytes
+    needed = int((progress.total_bytes - consumed) * ratio)
+    done = len((load_manifest(writer.out) or {}).get("pending", {}).get("sources", []))
+    return (f"{write_failure_line(failure, needed)}; the earlier data is intact (with {done} files of this run "
+            "committed): free some space and rerun the same command to continue")
 
 
-def _overlap(a: tuple[int, int], b: tuple[int, int]) -> int:
-    return max(0, min(a[1], b[1]) - max(a[0], b[0]))
-
-
-def _record(manifest, sources, tallies, train: ShardSequence, val: ShardSequence, moved: int, seconds: float) -> None:
-    """Add this run's shards, sources and a new dataset version to the manifest (in memory)."""
-    cut = train.total  # run-train coordinates >= cut moved to val, after the hash-val tokens
-    val_before_tail = val.total - moved
-    version = len(manifest["versions"]) + 1
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest["shards"]["train"] += [{"file": s.file, "tokens": s.tokens} for s in train.shards]
-    manifest["shards"]["val"] += [{"file": s.file, "tokens": s.tokens} for s in val.shards]
-    for index, source in enumerate(sources):
-        t = tallies[index]
-        train_span = (t.train[0], min(t.train[1], cut))
-        tail_span = (max(t.train[0], cut), t.train[1])
-        val_spans = [tuple(t.val)]
-        if tail_span[1] > tail_span[0]:
-            val_spans.append((val_before_tail + tail_span[0] - cut, val_before_tail + tail_span[1] - cut))
-        train_tokens = max(0, train_span[1] - train_span[0])
-        val_tokens = sum(b - a for a, b in val_spans)
-        files = [f for a, b, f in train.ranges() if _overlap((a, b), train_span)]
-        files += [f for a, b, f in val.ranges() if any(_overlap((a, b), span) for span in val_spans)]
-        manifest["sources"].append({
-            "path": str(source.path),
-            "kind": source.kind,
-            "fingerprint": source.fingerprint(),
-            "version": version,
-            "added": now,
-            "documents": t.documents,
-            "characters": t.characters,
-            "tokens": train_tokens + val_tokens,
-            "train_tokens": train_tokens,
-            "val_tokens": val_tokens,
-            "skipped": {**source.counters, **({"shorter_than_min_chars": t.short_skipped} if t.short_skipped else {})},
-            "shards": files,
-        })
-    totals = manifest["totals"]
-    totals["sources"] += len(sources)
-    totals["documents"] += sum(t.documents for t in tallies.values())
-    totals["characters"] += sum(t.characters for t in tallies.values())
-    totals["train_tokens"] += train.total
-    totals["val_tokens"] += val.total
-    totals["tokens"] = totals["train_tokens"] + totals["val_tokens"]
-    manifest["versions"].append({
-        "version": version,
-        "added": now,
-        "sources": [str(s.path) for s in sources],
-        "train_tokens": totals["train_tokens"],
-        "val_tokens": totals["val_tokens"],
-        "seconds": round(seconds, 2),
-    })
-
-
-def _print_summary(manifest: dict, sources: list[Source], tallies: dict[int, SourceTally], seconds: float) -> None:
-    docs = sum(t.documents for t in tallies.values())
-    chars = sum(t.characters for t in tallies.values())
-    added = manifest["sources"][-len(sources):]
-    tokens = sum(s["tokens"] for s in added)
+def _print_summary(manifest: dict, version: dict, continued: int) -> None:
+    added = [s for s in manifest["sources"] if s.get("version") == version["version"]]
+    docs, chars = sum(s["documents"] for s in added), sum(s["characters"] for s in added)
+    train, val = sum(s["train_tokens"] for s in added), sum(s["val_tokens"] for s in added)
+    tokens = train + val
     skipped: dict[str, int] = {}
     for s in added:
         for k, v in s["skipped"].items():
             skipped[k] = skipped.get(k, 0) + v
-    totals = manifest["totals"]
+    earlier = f" ({continued} committed by an earlier, interrupted run)" if continued else ""
+    seconds = version["seconds"]  # this run's and what earlier runs committed
     print(
-        f"added {len(sources)} source(s): {docs:,} documents, {chars:,} characters, {tokens:,} tokens "
+        f"added {len(added)} source(s){earlier}: {docs:,} documents, {chars:,} characters, {tokens:,} tokens "
         f"({chars / max(tokens, 1):.2f} chars/token) in {seconds:.1f}s "
         f"({tokens / max(seconds, 1e-9) / 1e6:.2f}M tokens/s)"
     )
-    print(
-        f"  train {sum(s['train_tokens'] for s in added):,} tokens, val {sum(s['val_tokens'] for s in added):,} tokens "
-        f"(split: {manifest['split']['rule']}, val fraction {manifest['split']['val_fraction']})"
-    )
+    print(f"  part {version['part']!r}: train {train:,} tokens, val {val:,} tokens = {val / max(tokens, 1):.2%} "
+          f"of the part ({version['val_rule']})")
     if skipped:
         print("  skipped: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(skipped.items())))
+    cuts = sum(s.get("cut_long_runs", 0) for s in added)
+    if cuts:
+        print(f"  {cuts:,} cut(s) inside runs of over half a million characters without a space or newline: the "
+              "tokens at those cuts may differ from tokenizing the run whole")
+    print("  val tokens per part: " + " | ".join(f"{p.name} {p.tokens:,}" for p in val_parts(manifest)))
+    if val == 0 and manifest["split"]["val_fraction"] > 0:
+        print(f"warning: part {version['part']!r} got no val tokens (its {tokens:,} tokens are too few for a share): "
+              "its val loss cannot be measured")
+    totals = manifest["totals"]
     print(
-        f"dataset version {len(manifest['versions'])}: {totals['documents']:,} documents, "
+        f"dataset version {version['version']}: {totals['documents']:,} documents, "
         f"{totals['train_tokens']:,} train and {totals['val_tokens']:,} val tokens in "
         f"{len(manifest['shards']['train'])} + {len(manifest['shards']['val'])} shards; "
         f"tokenizer {manifest['tokenizer']['name']} (vocab {manifest['tokenizer']['vocab_size']:,})"

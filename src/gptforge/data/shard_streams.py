@@ -1,68 +1,97 @@
 """Writing one split's token stream (train or val) as a sequence of fixed-size shards.
 
-Used by prepare within a single run: shards become visible under their final names as they fill,
-but the dataset only counts them once the manifest lists them, so an interrupted run leaves
-orphans that the next run overwrites, never a dataset that reads wrong.
+prepare commits as it goes: `take()` closes the open shard and hands over every shard closed since the last
+take, which prepare then lists in the manifest. A shard is visible under its final name once closed, but the
+dataset counts it only once the manifest lists it, so an interrupted run leaves orphans that the next run
+removes, never a dataset that reads wrong. Each shard's sha256 (of its token bytes) and largest token id are
+computed while it is written, for the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from gptforge.data.manifest import shard_name
-from gptforge.data.shards import ShardWriter, open_shard, write_shard
+from gptforge.data.shards import ShardWriter, open_shard
+from gptforge.fsutil import writing
+
+COPY_TOKENS = 1 << 24  # tokens copied at once when a shard is split: bounded memory at any shard size
 
 
 @dataclass
 class WrittenShard:
     file: str
     tokens: int
+    max_id: int
+    sha256: str
+
+    def entry(self) -> dict:
+        return {"file": self.file, "tokens": self.tokens, "max_id": self.max_id, "sha256": self.sha256}
+
+    @classmethod
+    def from_entry(cls, entry: dict) -> "WrittenShard":
+        return cls(entry["file"], int(entry["tokens"]), int(entry.get("max_id", -1)), entry.get("sha256", ""))
 
 
 @dataclass
 class ShardSequence:
-    """Appends tokens to `{split}_NNNNNN.bin` files of at most `shard_tokens` tokens each."""
+    """Appends tokens to `{split}_NNNNNN.bin` files of at most `shard_tokens` tokens each, from `next_index` on."""
 
     out: Path
     split: str
-    first_index: int
+    next_index: int
     shard_tokens: int
     vocab_size: int
-    shards: list[WrittenShard] = field(default_factory=list)
-    total: int = 0
+    shards: list[WrittenShard] = field(default_factory=list)  # closed, not yet taken
+    total: int = 0  # tokens written by this sequence
     _writer: ShardWriter | None = None
+    _hash: object = None  # hashlib.sha256 of the open shard's token bytes
+    _max: int = -1
 
     def write(self, tokens: np.ndarray) -> None:
         start = 0
         while start < len(tokens):
             if self._writer is None:
-                name = shard_name(self.split, self.first_index + len(self.shards))
-                self._writer = ShardWriter(self.out / name, self.vocab_size)
+                path = self.out / shard_name(self.split, self.next_index)
+                with writing(path):
+                    self._writer = ShardWriter(path, self.vocab_size)
+                self.next_index += 1
+                self._hash, self._max = hashlib.sha256(), -1
             room = self.shard_tokens - self._writer.n_tokens
-            piece = tokens[start : start + room]
-            self._writer.write(piece)
-            start += len(piece)
-            self.total += len(piece)
+            body = np.ascontiguousarray(tokens[start : start + room], dtype=self._writer.dtype)
+            self._hash.update(memoryview(body))
+            if len(body):
+                self._max = max(self._max, int(body.max()))
+            with writing(self._writer.path):
+                self._writer.write(body)
+            start += len(body)
+            self.total += len(body)
             if self._writer.n_tokens >= self.shard_tokens:
                 self._close_current()
 
     def _close_current(self) -> None:
         writer, self._writer = self._writer, None
-        if writer is not None:
+        if writer is None:
+            return
+        if writer.n_tokens == 0:
+            writer.abort()  # never leave an empty shard: readers reject them
+            return
+        with writing(writer.path):
             writer.close()
-            self.shards.append(WrittenShard(writer.path.name, writer.n_tokens))
+        self.shards.append(WrittenShard(writer.path.name, writer.n_tokens, self._max, self._hash.hexdigest()))
 
-    def close(self) -> None:
-        if self._writer is not None and self._writer.n_tokens == 0:
-            self._writer.abort()  # never leave an empty shard: readers reject them
-            self._writer = None
+    def take(self) -> list[WrittenShard]:
+        """Close the open shard and hand over every shard closed since the last take (for the manifest)."""
         self._close_current()
+        taken, self.shards = self.shards, []
+        return taken
 
     def abort(self) -> None:
-        """Remove everything this sequence wrote (the run failed; the manifest never saw these)."""
+        """Remove what this sequence wrote since the last take (the manifest never saw it)."""
         if self._writer is not None:
             self._writer.abort()
             self._writer = None
@@ -70,42 +99,32 @@ class ShardSequence:
             (self.out / shard.file).unlink(missing_ok=True)
         self.shards.clear()
 
-    def ranges(self) -> list[tuple[int, int, str]]:
-        """(start, end, file) of each shard in this run's stream coordinates."""
-        spans, pos = [], 0
-        for shard in self.shards:
-            spans.append((pos, pos + shard.tokens, shard.file))
-            pos += shard.tokens
-        return spans
+
+def copy_tokens(tokens: np.ndarray, into: ShardSequence) -> None:
+    """Append a (memory-mapped) token array to a sequence a bounded piece at a time."""
+    for start in range(0, len(tokens), COPY_TOKENS):
+        into.write(np.asarray(tokens[start : start + COPY_TOKENS]))
 
 
-def move_tail(train: ShardSequence, val: ShardSequence, n_tokens: int) -> int:
-    """Move the last `n_tokens` of the (closed) train sequence onto the end of the (open) val sequence.
+def split_off_tail(out: Path, shards: list[WrittenShard], n_tokens: int, head: ShardSequence,
+                   tail: ShardSequence) -> tuple[list[WrittenShard], list[str]]:
+    """Move the last `n_tokens` of the stream `shards` into `tail`; the shard that holds the cut is copied,
+    up to the cut, into `head`, so no listed file changes (a crash before the manifest commit loses nothing).
 
-    Implements `--split tail` and the minimum validation size for small corpora: the train stream
-    keeps its prefix, the val stream gains the tail, in order. Returns the tokens moved.
+    Implements `--split tail` and the minimum validation size of a part. Returns the train shards that
+    remain (kept ones, then the new head shards) and the files that are no longer needed once committed.
     """
-    n_tokens = min(n_tokens, train.total)
-    if n_tokens <= 0:
-        return 0
-    cut = train.total - n_tokens
-    kept: list[WrittenShard] = []
-    for start, end, file in train.ranges():
-        path = train.out / file
-        if end <= cut:
-            kept.append(WrittenShard(file, end - start))
+    cut = sum(s.tokens for s in shards) - min(n_tokens, sum(s.tokens for s in shards))
+    kept, replaced, pos = [], [], 0
+    for shard in shards:
+        start, pos = pos, pos + shard.tokens
+        if pos <= cut:
+            kept.append(shard)
             continue
-        tokens = open_shard(path)
+        tokens = open_shard(out / shard.file)
         local_cut = max(cut - start, 0)
-        val.write(np.asarray(tokens[local_cut:]))
-        if local_cut > 0:
-            head = np.array(tokens[:local_cut])
-            del tokens  # release the memmap before the file is replaced
-            write_shard(path, head, train.vocab_size)
-            kept.append(WrittenShard(file, local_cut))
-        else:
-            del tokens
-            path.unlink()
-    train.shards = kept
-    train.total = cut
-    return n_tokens
+        copy_tokens(tokens[:local_cut], head)
+        copy_tokens(tokens[local_cut:], tail)
+        del tokens
+        replaced.append(shard.file)
+    return kept + head.take(), replaced

@@ -139,12 +139,13 @@ def shard_format(path: str | os.PathLike) -> str:
     return FORMAT_NAMES.get(header[0], f"unknown (magic {header[0][0]}, version {header[0][1]})")
 
 
-def check_token_ids(path: Path, tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24) -> None:
+def check_token_ids(path: Path, tokens: np.ndarray, vocab_size: int, chunk: int = 1 << 24, base: int = 0) -> None:
+    """Raise naming the first id >= vocab_size; `base` is where `tokens` starts among the file's tokens."""
     for start in range(0, len(tokens), chunk):
         top = int(tokens[start : start + chunk].max())
         if top >= vocab_size:
             where = start + int(np.argmax(tokens[start : start + chunk] >= vocab_size))
             raise UserError(
-                f"shard {path}: token id {int(tokens[where])} at position {where} is not below the vocab size "
+                f"shard {path}: token id {int(tokens[where])} at position {base + where} is not below the vocab size "
                 f"{vocab_size}"
             )
