@@ -127,7 +127,9 @@ def test_a_named_datasets_validation_file_becomes_val(tmp_path, monkeypatch):
         named = dl.Dataset(f"{base}/shard_{{index:05d}}.parquet", 3, 3, "test")
         monkeypatch.setitem(dl.DATASETS, "mini-shuffle", named)
         down = tmp_path / "mini-shuffle"
-        dl.download("mini-shuffle", down, shards=2, out_stream=io.StringIO(), progress_stream=io.StringIO())
+        # (--mirror: the plain HTTP client; without it a named dataset goes through the Hugging Face Hub)
+        dl.download("mini-shuffle", down, shards=2, mirror=base, out_stream=io.StringIO(),
+                    progress_stream=io.StringIO())
     finally:
         httpd.shutdown()
         httpd.server_close()
