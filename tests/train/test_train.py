@@ -172,7 +172,7 @@ def test_resume_of_a_checkpoint_without_data_position_starts_a_fresh_order(tmp_p
 
 def test_init_from_hugging_face_keeps_the_configured_dropout(tmp_path, char_data):
     pytest.importorskip("transformers")
-    from test_hf import tiny_hf
+    from helpers import tiny_hf
 
     _, hf_dir = tiny_hf(tmp_path)
     run = tmp_path / "run"
