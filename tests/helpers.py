@@ -60,6 +60,18 @@ def nanogpt_char_folder(folder: Path, text: str):
     return folder, ids[:cut], len(chars)
 
 
+def records(run_dir, event: str = "log") -> dict[int, dict]:
+    """The last record of `event` per step in RUN_DIR/metrics.jsonl (a resumed run appends to it)."""
+    import json
+
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["event"] == event:
+            out[rec["step"]] = rec
+    return out
+
+
 def tiny_config(data: Path, out: Path, **overrides):
     values = dict(data=str(data), out=str(out), n_layer=2, n_head=2, n_embd=32, block_size=16, batch_size=4,
                   max_iters=12, eval_interval=6, eval_iters=2, log_interval=1, learning_rate=3e-3, min_lr=3e-4,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -15,20 +14,10 @@ import torch
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
 
-from helpers import make_char_data, tiny_config, tiny_text
+from helpers import make_char_data, records, tiny_config, tiny_text
 
 # the schedule must not depend on where a run stops, so decay is pinned to a fixed length
 BASE = dict(lr_decay_iters=40, max_iters=12)
-
-
-def records(run_dir, event="log"):
-    """The last record of `event` per step (a resumed run appends to metrics.jsonl)."""
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["event"] == event:
-            out[rec["step"]] = rec
-    return out
 
 
 def final_params(run_dir):
