@@ -123,6 +123,17 @@ class Spike(Event):
 
 
 @dataclass(kw_only=True)
+class LevelShift(Event):
+    """The loss stayed far above the window for several steps in a row: the level moved (new data, another
+    learning rate), so the step was kept and the window restarted at the new level."""
+
+    KIND: ClassVar[str] = "level_shift"
+    loss: float
+    mean: float  # of the window before
+    level: float  # the new window's mean: the high losses in a row
+
+
+@dataclass(kw_only=True)
 class NanSkip(Event):
     """A non-finite loss or gradient: the step (the one that was bad) changed nothing."""
 
@@ -147,8 +158,8 @@ class End(Event):
     reason: str  # max_iters, max_seconds, signal ..., nan
 
 
-KINDS: dict[str, type[Event]] = {cls.KIND: cls for cls in (Start, Log, Eval, Checkpoint, Spike, NanSkip, DataGrew,
-                                                           End)}
+KINDS: dict[str, type[Event]] = {cls.KIND: cls for cls in (Start, Log, Eval, Checkpoint, Spike, LevelShift, NanSkip,
+                                                           DataGrew, End)}
 
 
 def _allowed(annotation) -> tuple[type, ...]:

@@ -30,12 +30,13 @@ from gptforge.model.gpt import GPT
 from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
 from gptforge.train.console import Console, eval_line, perplexity
+from gptforge.train.continuation import check_dataset, resumed_schedule
 from gptforge.train.events import DataGrew, End, Eval, MetricsLog
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
 from gptforge.train.loader import TrainLoader, ValBatches
-from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
+from gptforge.train.optim import apply_lr, build_optimizer
 from gptforge.train.reports import log_step, nan_stop_message, report_step, start_lines, start_record
 from gptforge.train.samples import write_samples
 from gptforge.train.snapshot import Saver, check_resume, load_resume, restore
@@ -133,8 +134,12 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     tokenizer, tokenizer_identity = dataset_tokenizer(dataset)
     cfg = _resolve_model_config(cfg, dataset)
     resume = load_resume(run_dir, tc.init_from, fsdp)
+    moved = None
     if resume:
         changes = check_resume(resume.state, cfg, tokenizer_identity)
+        moved = check_dataset(resume.state, dataset, cfg.data.data_changed)  # the same, grown, or another dataset
+        # data_changed=ok is a permission for this launch: config.toml does not keep it for the next one
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_changed="refuse"))
         console.print(f"resuming from {resume.path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
 
     # ---------------------------------------------------------------- model and optimizer
@@ -164,17 +169,22 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                        dataset=dataset_entry(dataset))
     if resume:
         state = restore(resume, state, model=model, optimizer=optimizer, scaler=scaler, loader=loader, guard=guard,
-                        fsdp=fsdp, device=device, seed=tc.seed, console=console)
+                        fsdp=fsdp, device=device, seed=tc.seed, console=console, data_order=not moved.fresh_order)
         if state.step >= max_iters:
             raise UserError(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
                             "pass a larger --max_iters (or --max_tokens) to continue")
     resumed_at = state.step if resume else None
+    # the LR as a pure function of the step and the schedule's segments (a resume with a new LR begins one)
+    schedule, notes = resumed_schedule(resume.state if resume else None, cfg, max_iters, state.step, guard, moved,
+                                       grew=bool(loader.grew))
+    state.lr_segments = schedule.state() or None
 
     # ---------------------------------------------------------------- run directory and the start report
     start = start_record(cfg, dataset, device, world, fsdp, params=params, params_non_embedding=params_ne,
                          flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
-    for line in start_lines(start, cfg, dtype, use_compile, loader.grew) + ([fit.note] if fit.note else []):
+    for line in (start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)] + notes
+                 + ([fit.note] if fit.note else [])):
         console.print(line)
     if log:
         log.write(start)
@@ -231,7 +241,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
             # one optimizer step: accum micro-batches, then the update (or a skip on a bad loss)
             t0 = time.time()
-            apply_lr(optimizer, lr_multiplier(step, oc, max_iters))
+            apply_lr(optimizer, schedule.multiplier(step))
             result = train_step(model, optimizer, loader.step_batches(fit.accum, fit.size), step=step, guard=guard,
                                 device=device, step_model=step_model, scaler=scaler, autocast=autocast,
                                 grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)
