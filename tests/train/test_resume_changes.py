@@ -11,7 +11,7 @@ import pytest
 from gptforge.data.prepare import prepare
 from gptforge.train.loop import train
 
-from helpers import make_char_data, tiny_config, tiny_text
+from helpers import backwards_text, make_char_data, tiny_config, tiny_text
 
 FIXED = dict(block_size=32, batch_size=8, gradient_accumulation_steps=1, dropout=0.0, eval_iters=4, log_interval=1,
              warmup_iters=5, learning_rate=3e-3, min_lr=3e-4)
@@ -21,11 +21,6 @@ def records(run, kind):
     return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["event"] == kind]
 
 
-def other_kind(n_lines: int, seed: int) -> str:
-    """Text of another kind with the same characters: every line of tiny_text written backwards."""
-    return "\n".join(line[::-1] for line in tiny_text(n_lines, seed).splitlines()) + "\n"
-
-
 @pytest.fixture(scope="module")
 def grown(tmp_path_factory):
     """A char-level run of 120 steps on tiny_text, then the DATA_DIR grown by 3x as much text of another kind."""
@@ -33,7 +28,7 @@ def grown(tmp_path_factory):
     data = make_char_data(root, tiny_text(1500, seed=0))
     run = root / "run"
     train(tiny_config(data, run, max_iters=120, eval_interval=60, lr_decay_iters=120, **FIXED))
-    (root / "backwards.txt").write_text(other_kind(4500, seed=5), encoding="utf-8")
+    (root / "backwards.txt").write_text(backwards_text(4500, seed=5), encoding="utf-8")
     prepare([str(root / "backwards.txt")], data, val_fraction=0.1, split="tail")
     return root, data, run
 

@@ -95,8 +95,10 @@ class Eval(Event):
     train_loss: float
     val_loss: float
     val_ppl: float
-    eval_batches: int
+    eval_batches: int  # val batches, all parts together
     seconds: float  # the whole eval, HellaSwag included
+    # a dataset of several parts: {part name: its val loss}; val_loss weighs them by their val tokens
+    val_parts: dict | None = None
     # HellaSwag (completion style, train/hellaswag.py) at the evals it was scored at; None elsewhere
     hellaswag_acc_norm: float | None = None
     hellaswag_acc: float | None = None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gptforge.data.dataset import Dataset
+from gptforge.data.dataset import Dataset, TokenStream
 from gptforge.errors import UserError
 
 
@@ -158,11 +158,12 @@ class StepBatches:
 
 class ValBatches:
     """The same batches at every eval: blocks spread evenly over the val split (or the train split, for
-    the train loss the loop reports, without disturbing the training order)."""
+    the train loss the loop reports, without disturbing the training order; or `stream`, one dataset part's
+    val tokens)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, block_size: int, n_batches: int | None,
-                 rank: int = 0, world_size: int = 1, split: str = "val"):
-        self.stream = dataset.val if split == "val" else dataset.train
+                 rank: int = 0, world_size: int = 1, split: str = "val", stream: TokenStream | None = None):
+        self.stream = stream if stream is not None else dataset.val if split == "val" else dataset.train
         n_blocks = _n_blocks(len(self.stream), block_size)
         if n_blocks == 0:
             raise UserError(

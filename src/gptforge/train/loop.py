@@ -35,7 +35,8 @@ from gptforge.train.events import DataGrew, End, Eval, MetricsLog
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
-from gptforge.train.loader import TrainLoader, ValBatches
+from gptforge.train.evalsets import eval_sets
+from gptforge.train.loader import TrainLoader
 from gptforge.train.optim import apply_lr, build_optimizer
 from gptforge.train.reports import log_step, nan_stop_message, report_step, start_lines, start_record
 from gptforge.train.samples import write_samples
@@ -159,9 +160,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
     # ---------------------------------------------------------------- data order and training state
     loader = TrainLoader(dataset, tc.batch_size, cfg.model.block_size, tc.seed, rank=rank, world_size=world)
-    # the fixed batches each eval measures: train (the loss without dropout), then val
-    eval_splits = [ValBatches(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank, world, split=split)
-                   for split in ("train", "val")]
+    # the fixed batches each eval measures: train (the loss without dropout), then val, part by part
+    evals = eval_sets(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank, world)
     max_iters = plan_iters(cfg, params)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iters=max_iters))
     guard = LossGuard(tc.spike_sigma, tc.max_nan_skips, after_step=oc.warmup_iters)
@@ -184,7 +184,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                          flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
     for line in (start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)] + notes
-                 + ([fit.note] if fit.note else [])):
+                 + [n for n in (fit.note, evals.note()) if n]):
         console.print(line)
     if log:
         log.write(start)
@@ -209,14 +209,16 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
             # eval (and sample, and save) every eval_interval steps, except the step a resume starts at
             if (step % tc.eval_interval == 0 or last_step) and step != resumed_at:
                 t0 = time.time()
-                train_loss, state.val_loss = evaluate(model, eval_splits, device, eval_model, autocast)
+                train_loss, state.val_loss, val_parts = evals.combine(evaluate(model, evals.splits, device,
+                                                                               eval_model, autocast))
                 scored = swag.score(model, device, autocast) if swag and swag.due(step, last_step) else None
                 seconds = time.time() - t0
-                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else ""))
+                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else "",
+                                        val_parts))
                 if log:
                     log.write(Eval(step=step, tokens=state.tokens_seen, epoch=loader.epoch_float,
                                    train_loss=train_loss, val_loss=state.val_loss, val_ppl=perplexity(state.val_loss),
-                                   eval_batches=len(eval_splits[1]), seconds=round(seconds, 3),
+                                   eval_batches=evals.val_batches, seconds=round(seconds, 3), val_parts=val_parts,
                                    **(scored.event_fields() if scored else {})))
                 if samples_on:
                     write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
