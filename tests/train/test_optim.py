@@ -10,8 +10,18 @@ import torch
 from gptforge.config import ModelConfig, OptimConfig
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
-from gptforge.train.optim import (Float32Muon, MuonAdamW, Schedule, Segment, apply_lr, build_optimizer,
-                                  is_hidden_matrix, lr_at, lr_multiplier, new_segment)
+from gptforge.train.optim import (
+    Float32Muon,
+    MuonAdamW,
+    Schedule,
+    Segment,
+    apply_lr,
+    build_optimizer,
+    is_hidden_matrix,
+    lr_at,
+    lr_multiplier,
+    new_segment,
+)
 
 
 def tiny_model(arch="gpt2", seed=0):

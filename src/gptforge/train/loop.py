@@ -31,11 +31,11 @@ from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
 from gptforge.train.console import Console, eval_line, perplexity
 from gptforge.train.continuation import check_dataset, resumed_schedule
+from gptforge.train.evalsets import eval_sets
 from gptforge.train.events import DataGrew, End, Eval, MetricsLog
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
-from gptforge.train.evalsets import eval_sets
 from gptforge.train.loader import TrainLoader
 from gptforge.train.optim import apply_lr, build_optimizer
 from gptforge.train.reports import log_step, nan_stop_message, report_step, start_lines, start_record
