@@ -145,6 +145,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
     # ---------------------------------------------------------------- model and optimizer
     model, cfg = _build_model(cfg, dataset, pretrained)
+    model.label_smoothing = tc.label_smoothing  # of the training loss only: evals report plain cross-entropy
     params, params_ne = model.num_params(), model.num_params(non_embedding=True)  # (before FSDP shards them)
     flops_per_token = model.flops_per_token()
     if rank:
