@@ -136,6 +136,14 @@ def test_a_new_learning_rate_on_resume_begins_a_segment_that_resumes_exactly(tmp
     train(tiny_config(char_data, tmp_path / "continuous", **{**lower, "max_iters": 60}))
     out = capsys.readouterr().out
     train(tiny_config(char_data, tmp_path / "resumed", **{**lower, "max_iters": 40}))
+    # diagnose reads the segment from the start record: where the LR stands at step 40 of the segment's cosine
+    from gptforge.analysis.diagnose.report import diagnose_command
+
+    sched = diagnose_command(tmp_path / "resumed").facts.schedule
+    seg40 = [Segment.from_dict(d) for d in load_checkpoint(latest_checkpoint(tmp_path / "resumed"))["state"][
+        "lr_segments"]]
+    assert sched.now == pytest.approx(lr_at(40, tiny_config(char_data, "x", **{**lower, "max_iters": 40}).optim, 40,
+                                            seg40), rel=1e-9)
     train(tiny_config(char_data, tmp_path / "resumed", **{**lower, "max_iters": 60}))
     assert_same_run(tmp_path / "continuous", tmp_path / "resumed", 60)
 

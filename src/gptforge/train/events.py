@@ -68,6 +68,8 @@ class Start(Event):
     peak_flops: float | None
     flops_per_token: float
     resumed_from: int | None  # the checkpoint's step; None for a fresh start
+    # schedule segments begun by resumes with another learning rate (train/optim.Segment as dicts); None: none
+    lr_segments: list | None = None
 
 
 @dataclass(kw_only=True)

@@ -182,7 +182,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
     # ---------------------------------------------------------------- run directory and the start report
     start = start_record(cfg, dataset, device, world, fsdp, params=params, params_non_embedding=params_ne,
-                         flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step)
+                         flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step,
+                         lr_segments=state.lr_segments)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
     for line in (start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)] + notes
                  + [n for n in (fit.note, evals.note()) if n]):

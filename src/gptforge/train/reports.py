@@ -22,7 +22,8 @@ from gptforge.train.step import Outcome, StepResult
 
 
 def start_record(cfg: Config, dataset: Dataset, device: torch.device, world: int, fsdp: bool, *, params: int,
-                 params_non_embedding: int, flops_per_token: float, resumed_from: int | None, step: int) -> Start:
+                 params_non_embedding: int, flops_per_token: float, resumed_from: int | None, step: int,
+                 lr_segments: list | None = None) -> Start:
     """The launch as metrics.jsonl keeps it: the model's size, the budget, the dataset, the devices."""
     tokens_per_iter, max_iters = cfg.tokens_per_iter, cfg.train.max_iters
     planned = max_iters * tokens_per_iter
@@ -33,7 +34,7 @@ def start_record(cfg: Config, dataset: Dataset, device: torch.device, world: int
                  dataset_val_tokens=dataset.val_tokens, dataset_version=dataset.version,
                  planned_epochs=planned / dataset.train_tokens, device=device.type, device_name=name,
                  world_size=world, fsdp=fsdp, peak_flops=peak_flops(name, cfg.train.peak_flops),
-                 flops_per_token=flops_per_token, resumed_from=resumed_from)
+                 flops_per_token=flops_per_token, resumed_from=resumed_from, lr_segments=lr_segments)
 
 
 def start_lines(start: Start, cfg: Config, dtype: torch.dtype, compiled: bool, grew: dict | None) -> list[str]:
