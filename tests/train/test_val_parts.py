@@ -15,7 +15,7 @@ from gptforge.train.evalsets import eval_sets, shares
 from gptforge.train.loop import train
 from gptforge.train.step import evaluate
 
-from helpers import tiny_config, two_part_char_data
+from helpers import tiny_config, tiny_text, two_part_char_data
 
 CPU = torch.device("cpu")
 
@@ -47,10 +47,10 @@ def test_each_parts_batches_come_from_its_own_val_tokens_at_the_cost_of_one_val_
     assert val == pytest.approx((2.0 * a + 4.0 * b) / (a + b))
 
 
-def test_a_single_part_evaluates_the_whole_val_split_as_before(char_data):
+def test_a_single_part_evaluates_the_whole_val_split_as_before_under_its_name(char_data):
     sets = eval_sets(open_dataset(char_data), batch_size=4, block_size=16, eval_iters=3)
-    assert len(sets.parts) == 1 and sets.note() is None
-    assert sets.combine([3.0, 2.5]) == (3.0, 2.5, None)
+    assert len(sets.parts) == 1 and len(sets.parts[0].batches) == 3 and sets.note() is None
+    assert sets.combine([3.0, 2.5]) == (3.0, 2.5, {"corpus": 2.5})
 
 
 def test_the_loop_reports_val_loss_per_part(two_parts, tmp_path, capsys):
@@ -84,8 +84,34 @@ def test_the_loop_reports_val_loss_per_part(two_parts, tmp_path, capsys):
     assert diagnose_command(run).facts.val_parts_now == pytest.approx(evals[-1]["val_parts"])
 
 
-def test_a_single_part_run_logs_no_parts(char_data, tmp_path):
+def test_a_single_part_run_prints_as_before_and_logs_its_part_for_after_a_growth(char_data, tmp_path, capsys):
     run = tmp_path / "run"
     train(tiny_config(char_data, run, max_iters=2, eval_interval=2))
     evals = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
-    assert evals and all("val_parts" not in e for e in evals)
+    assert evals and all(e["val_parts"] == {"corpus": e["val_loss"]} for e in evals)
+    out = capsys.readouterr().out
+    assert "val loss by part" not in out and "(corpus " not in out
+    assert f"val ppl {evals[-1]['val_ppl']:.2f} (eval " in out
+
+
+def test_after_growth_diagnose_compares_the_old_part_with_its_loss_before(tmp_path):
+    """The old part's val loss before the growth (logged under its name) and after: diagnose can tell whether
+    the old data is kept or forgotten."""
+    from gptforge.analysis.diagnose.report import diagnose_command
+    from gptforge.analysis.runlog import read_run
+    from gptforge.data.prepare import prepare
+
+    from helpers import backwards_text, make_char_data
+
+    data = make_char_data(tmp_path, tiny_text(1500, seed=0))
+    run = tmp_path / "run"
+    train(tiny_config(data, run, max_iters=30, eval_interval=10, dropout=0.0, lr_decay_iters=60))
+    (tmp_path / "backwards.txt").write_text(backwards_text(600, seed=5), encoding="utf-8")
+    prepare([str(tmp_path / "backwards.txt")], data, val_fraction=0.1, split="tail")
+    train(tiny_config(data, run, max_iters=60, eval_interval=10, dropout=0.0, lr_decay_iters=60,
+                      init_from="resume"))
+    (growth,) = diagnose_command(run).facts.growths
+    parts = {p.name: p for p in growth.parts}
+    assert not parts["corpus"].new and parts["backwards"].new
+    evals = {r.step: r for r in read_run(run).evals}
+    assert parts["corpus"].before == pytest.approx(evals[30].val_loss)

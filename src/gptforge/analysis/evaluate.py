@@ -67,7 +67,7 @@ def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = No
         raise UserError(f"--batches must be at least 1, got {max_batches}")
     byte_len = token_byte_lengths(tokenizer) if tokenizer is not None else None
     batch_size = int(state["config"].get("batch_size") or 8)
-    parts, _ = val_part_batches(dataset, batch_size, model.cfg.block_size, max_batches)
+    parts, _, _ = val_part_batches(dataset, batch_size, model.cfg.block_size, max_batches)
     with torch.no_grad(), devices.autocast(dev, devices.resolve_dtype("auto", dev)):
         measured = [_measure(model, p.batches, byte_len, dev) for p in parts]
     weights = [p.tokens / sum(q.tokens for q in parts) for p in parts]

@@ -26,7 +26,8 @@ def iter_line(step: int, loss: float, dt_ms: float, mfu_fraction: float | None, 
 
 def eval_line(step: int, train_loss: float, val_loss: float, seconds: float, extra: str = "",
               val_parts: dict[str, float] | None = None) -> str:
-    parts = " | ".join(f"{name} {loss:.4f}" for name, loss in (val_parts or {}).items())
+    several = val_parts if val_parts and len(val_parts) > 1 else {}  # (one part: the val loss itself)
+    parts = " | ".join(f"{name} {loss:.4f}" for name, loss in several.items())
     return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}"
             f"{' (' + parts + ')' if parts else ''}{', ' + extra if extra else ''} (eval {seconds:.2f}s, not counted "
             "in iteration time)")

@@ -139,9 +139,10 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     if resume:
         changes = check_resume(resume.state, cfg, tokenizer_identity)
         moved = check_dataset(resume.state, dataset, cfg.data.data_changed)  # the same, grown, or another dataset
-        # data_changed=ok is a permission for this launch: config.toml does not keep it for the next one
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_changed="refuse"))
         console.print(f"resuming from {resume.path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
+
+    # data_changed=ok is a permission for this launch: config.toml does not keep it for the next one
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_changed="refuse"))
 
     # ---------------------------------------------------------------- model and optimizer
     model, cfg = _build_model(cfg, dataset, pretrained)
