@@ -303,3 +303,14 @@ def test_earlier_segments_keep_their_own_values_and_steps_before_any_follow_the_
     assert [Segment.from_dict(d) for d in s.state()] == s.segments
     # without segments the multiplier is the configured schedule, bit for bit (exact resume of older runs)
     assert all(Schedule(c, 300).multiplier(k) == lr_multiplier(k, c, 300) for k in range(0, 320, 3))
+
+
+def test_the_start_report_line_says_where_the_lr_is_and_where_it_ends():
+    c = cfg(lr_decay_iters=0)
+    assert Schedule(c, 100).describe(0) == ("learning rate 9.09e-05 now (step 0), 0.0001 at the end (step 99); cosine "
+                                            "schedule, peak 0.001, warmup 10 steps")
+    s = Schedule(cfg(learning_rate=3e-4, min_lr=3e-5, lr_decay_iters=0), 200, [Segment(100, 1e-4, 10, 3e-4, 3e-5)])
+    assert s.describe(100).endswith("a new schedule segment from step 100: 10 steps from 0.0001 to the new peak "
+                                    "0.0003, then cosine to 3e-05 (lr_schedule_on_resume=continue keeps the old "
+                                    "schedule)")
+    assert s.describe(150).endswith("in the schedule segment begun at step 100: peak 0.0003, then cosine to 3e-05")

@@ -283,8 +283,10 @@ class Schedule:
         text = f"learning rate {self.lr(step):.3g} now (step {step}), {self.lr(end):.3g} at the end (step {end})"
         seg = self.segments[-1] if self.segments else None
         decay = "constant" if c.schedule == "constant" else f"{c.schedule} to {c.min_lr:g}"
-        if seg is None or seg.start < step:
+        if seg is None:
             return text + f"; {c.schedule} schedule, peak {c.learning_rate:g}, warmup {c.warmup_iters} steps"
+        if seg.start < step:
+            return text + f"; in the schedule segment begun at step {seg.start}: peak {c.learning_rate:g}, then {decay}"
         return (text + f"; a new schedule segment from step {seg.start}: {seg.warmup} steps from {seg.from_lr:.3g} "
                 f"to the new peak {c.learning_rate:g}, then {decay} (lr_schedule_on_resume=continue keeps the old "
                 "schedule)")
