@@ -57,6 +57,10 @@ def test_skip_spikes_after_growth_with_another_kind_of_text_keeps_learning(grown
     assert longest <= 3
     evals = {r["step"]: r["val_loss"] for r in records(run, "eval")}
     assert evals[200] < evals[160]  # the model changed (the reported bug: identical evals, nothing learned)
+    # the resume measured the checkpoint on the grown val split first (no save, no sample there), part by part
+    at_growth = [r for r in records(run, "eval") if r["step"] == 120]
+    assert len(at_growth) == 2 and set(at_growth[-1]["val_parts"]) == {"corpus", "backwards"}
+    assert [r["step"] for r in records(run, "checkpoint")].count(120) == 1  # the first launch's only
 
 
 # ---- another dataset ----------------------------------------------------------------------------------------

@@ -113,5 +113,10 @@ def test_after_growth_diagnose_compares_the_old_part_with_its_loss_before(tmp_pa
     (growth,) = diagnose_command(run).facts.growths
     parts = {p.name: p for p in growth.parts}
     assert not parts["corpus"].new and parts["backwards"].new
-    evals = {r.step: r for r in read_run(run).evals}
-    assert parts["corpus"].before == pytest.approx(evals[30].val_loss)
+    # the growth step's eval is the checkpoint measured on the grown val split: every part has its "before"
+    evals = read_run(run).evals
+    at_growth = next(e for e in evals if e.step == 30)
+    assert set(at_growth.val_parts) == {"corpus", "backwards"}
+    assert (parts["corpus"].before, parts["backwards"].before) == (at_growth.val_parts["corpus"],
+                                                                   at_growth.val_parts["backwards"])
+    assert parts["backwards"].change == pytest.approx(evals[-1].val_parts["backwards"] - parts["backwards"].before)

@@ -176,6 +176,9 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
             raise UserError(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
                             "pass a larger --max_iters (or --max_tokens) to continue")
     resumed_at = state.step if resume else None
+    # after the data grew or changed, the checkpoint itself is measured on the new val split first: the "before"
+    # that later evals (and diagnose) compare with, on the same val tokens
+    baseline_at = state.step if resume and (loader.grew or moved.fresh_order) else None
     # the LR as a pure function of the step and the schedule's segments (a resume with a new LR begins one)
     schedule, notes = resumed_schedule(resume.state if resume else None, cfg, max_iters, state.step, guard, moved,
                                        grew=bool(loader.grew))
@@ -210,7 +213,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
             step = state.step  # optimizer steps done
             last_step, is_best = step == max_iters, False
             # eval (and sample, and save) every eval_interval steps, except the step a resume starts at
-            if (step % tc.eval_interval == 0 or last_step) and step != resumed_at:
+            due = (step % tc.eval_interval == 0 or last_step) and step != resumed_at
+            if due or step == baseline_at:
                 t0 = time.time()
                 train_loss, state.val_loss, val_parts = evals.combine(evaluate(model, evals.splits, device,
                                                                                eval_model, autocast))
@@ -223,12 +227,14 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                                    train_loss=train_loss, val_loss=state.val_loss, val_ppl=perplexity(state.val_loss),
                                    eval_batches=evals.val_batches, seconds=round(seconds, 3), val_parts=val_parts,
                                    **(scored.event_fields() if scored else {})))
-                if samples_on:
+                if samples_on and due:
                     write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
                                   autocast, console)
+                if step == baseline_at:
+                    state.best_val_loss = state.val_loss  # another val split: its best starts here
                 is_best = state.val_loss < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, state.val_loss)
-                if step > 0 and (tc.always_save_checkpoint or is_best) and not last_step:
+                if due and step > 0 and (tc.always_save_checkpoint or is_best) and not last_step:
                     saver.save(state, is_best)
             # ranks see signals and clocks at different moments: stop when any rank would (one all-reduce)
             signalled, over_time = dist.any_true_each(
