@@ -43,6 +43,21 @@ def make_char_data(directory: Path, text: str | None = None, name: str = "corpus
     return out
 
 
+def backwards_text(n_lines: int, seed: int) -> str:
+    """Text of another kind with tiny_text's characters: each of its lines written backwards."""
+    return "\n".join(line[::-1] for line in tiny_text(n_lines, seed).splitlines()) + "\n"
+
+
+def two_part_char_data(directory: Path, lines: int = 1500, more: int = 600) -> Path:
+    """A character-level DATA_DIR of two parts: 'corpus' (tiny_text), then 'backwards' (backwards_text)."""
+    from gptforge.data.prepare import prepare
+
+    data = make_char_data(directory, tiny_text(lines, seed=0))
+    (directory / "backwards.txt").write_text(backwards_text(more, seed=5), encoding="utf-8")
+    prepare([str(directory / "backwards.txt")], data, val_fraction=0.1, split="tail")
+    return data
+
+
 def nanogpt_char_folder(folder: Path, text: str):
     """nanoGPT's data/shakespeare_char/prepare.py: sorted characters, the first 90% train, uint16 train.bin and
     val.bin without a header, meta.pkl. Returns (folder, the train ids, the vocabulary size)."""
