@@ -43,6 +43,21 @@ def make_char_data(directory: Path, text: str | None = None, name: str = "corpus
     return out
 
 
+def backwards_text(n_lines: int, seed: int) -> str:
+    """Text of another kind with tiny_text's characters: each of its lines written backwards."""
+    return "\n".join(line[::-1] for line in tiny_text(n_lines, seed).splitlines()) + "\n"
+
+
+def two_part_char_data(directory: Path, lines: int = 1500, more: int = 600) -> Path:
+    """A character-level DATA_DIR of two parts: 'corpus' (tiny_text), then 'backwards' (backwards_text)."""
+    from gptforge.data.prepare import prepare
+
+    data = make_char_data(directory, tiny_text(lines, seed=0))
+    (directory / "backwards.txt").write_text(backwards_text(more, seed=5), encoding="utf-8")
+    prepare([str(directory / "backwards.txt")], data, val_fraction=0.1, split="tail")
+    return data
+
+
 def nanogpt_char_folder(folder: Path, text: str):
     """nanoGPT's data/shakespeare_char/prepare.py: sorted characters, the first 90% train, uint16 train.bin and
     val.bin without a header, meta.pkl. Returns (folder, the train ids, the vocabulary size)."""
@@ -58,6 +73,18 @@ def nanogpt_char_folder(folder: Path, text: str):
     with open(folder / "meta.pkl", "wb") as f:
         pickle.dump({"vocab_size": len(chars), "itos": itos, "stoi": stoi}, f)
     return folder, ids[:cut], len(chars)
+
+
+def records(run_dir, event: str = "log") -> dict[int, dict]:
+    """The last record of `event` per step in RUN_DIR/metrics.jsonl (a resumed run appends to it)."""
+    import json
+
+    out = {}
+    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec["event"] == event:
+            out[rec["step"]] = rec
+    return out
 
 
 def tiny_config(data: Path, out: Path, **overrides):
@@ -150,3 +177,21 @@ def many_pages_dump(n: int, seed: int = 0) -> bytes:
         pages.append(f"<page><title>Page {i}</title><ns>0</ns><revision><text xml:space=\"preserve\">{text}"
                      "</text></revision></page>")
     return ("<mediawiki>\n" + "\n".join(pages) + "\n</mediawiki>\n").encode()
+
+
+def tiny_hf(tmp_path, seed=0, **config):
+    """A randomly initialised GPT2LMHeadModel with non-trivial biases and norms, saved to tmp_path."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    values = dict(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=99, eos_token_id=99)
+    values.update(config)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**values)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias") or "ln_" in name:
+                p.add_(torch.randn_like(p) * 0.1)  # HF inits them to constants: make a transposition show
+    directory = tmp_path / "hf"
+    model.save_pretrained(directory)
+    return model, directory

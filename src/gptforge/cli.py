@@ -49,14 +49,14 @@ def _sample(a):
     from gptforge.commands.sample import sample_command
 
     sample_command(a.run_dir, prompt=a.prompt, num_samples=a.num_samples, max_new_tokens=a.max_new_tokens,
-                   temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, device=a.device)
+                   temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed, device=a.device, step=a.step)
 
 
 def _eval(a):
     from gptforge.analysis.evaluate import eval_command
 
     eval_command(a.run_dir, data=a.data, device=a.device, max_batches=a.batches, hellaswag_file=a.hellaswag,
-                 limit=a.limit)
+                 limit=a.limit, step=a.step)
 
 
 def _diagnose(a):
@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_command(sub, "plan", _plan, "size a run before starting it", _plan_flags)
 
     p = sub.add_parser("sample", help="generate text from a run")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one of its checkpoints/step_N")
+    _number(p, "--step", int, "[0, inf)", "the checkpoint of this step (default: the latest complete one)")
     p.add_argument("--prompt", default="", help="text, or FILE:path")
     _number(p, "--num-samples", int, "[1, inf)", "samples to generate", default=1)
     _number(p, "--max-new-tokens", int, "[1, inf)", "tokens per sample", default=200)
@@ -275,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run, or its HellaSwag score")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one of its checkpoints/step_N")
+    _number(p, "--step", int, "[0, inf)", "the checkpoint of this step (default: the latest complete one)")
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
     _number(p, "--batches", int, "[1, inf)", "evaluate at most this many batches (default: the whole val split)")
     p.add_argument("--hellaswag", nargs="?", const="", default=None, metavar="FILE",

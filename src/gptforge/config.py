@@ -128,6 +128,8 @@ class ModelConfig(_Group):
 @dataclass
 class DataConfig(_Group):
     data: str = key("", "a DATA_DIR made by `gptforge prepare`, or a nanoGPT data folder (train.bin, val.bin)")
+    data_changed: str = key("refuse", "resume on a dataset that is not the checkpoint's (nor grown from it)? ok: "
+                            "yes, from a fresh data order (this launch only)", choices=("refuse", "ok"))
 
 
 @dataclass
@@ -144,6 +146,9 @@ class OptimConfig(_Group):
                               range=COUNT)
     decay_fraction: float = key(0.2, "wsd: the share of the run spent decaying to min_lr", group="schedule",
                                 range="[0, 1]")
+    lr_schedule_on_resume: str = key("restart", "a resume with a new learning_rate/min_lr: restart = a new segment "
+                                     "(warmup from the LR now, decay over the steps left); continue = the old schedule",
+                                     group="schedule", choices=("restart", "continue"))
     weight_decay: float = key(0.1, "AdamW weight decay on matrices (not on biases, norms)", range="[0, 10]")
     beta1: float = key(0.9, "AdamW beta1", range="[0, 1)")
     beta2: float = key(0.95, "AdamW beta2", range="[0, 1)")
@@ -188,6 +193,8 @@ class TrainConfig(_Group):
     spike_sigma: float = key(6.0, "report a loss this many sigma above the recent window; 0 disables",
                              range="[0, 1e6]")
     skip_spikes: bool = key(False, "also skip the optimizer step on a reported spike")
+    label_smoothing: float = key(0.0, "label smoothing of the training loss (evals report plain cross-entropy)",
+                                 range="[0, 1)")
     fsdp: bool = key(False, "shard parameters and optimizer state across GPUs (FSDP2) instead of DDP")
     eval_interval: int = key(250, "steps between evals (val loss, samples, checkpoint)", group="logging", range=SIZE)
     eval_iters: int = key(20, "batches per eval estimate of the loss", group="logging", range="[1, 1000000]")

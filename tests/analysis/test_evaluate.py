@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from gptforge.analysis.evaluate import evaluate_run, token_byte_lengths
@@ -13,7 +14,7 @@ from gptforge.data.tokenizers import CharTokenizer, gpt2_tokenizer
 from gptforge.train.loader import ValBatches
 from gptforge.train.runs import load_run
 
-from helpers import make_char_data
+from helpers import make_char_data, tiny_config, two_part_char_data
 
 
 def test_values_match_a_direct_computation(tiny_run, char_data):
@@ -56,3 +57,28 @@ def test_errors(tiny_run, tmp_path, capsys):
     assert "was tokenized with char" in capsys.readouterr().err
     assert main(["eval", str(tmp_path / "none")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_dataset_of_several_parts_is_evaluated_part_by_part(tmp_path, capsys):
+    from gptforge.train.loop import train
+
+    data = two_part_char_data(tmp_path)
+    run = tmp_path / "run"
+    train(tiny_config(data, run, max_iters=4, eval_interval=4, dropout=0.0))
+    r = evaluate_run(run, device="cpu")
+    model, _, _ = load_run(run, torch.device("cpu"))
+    ds = open_dataset(data)
+    direct = {}
+    with torch.no_grad():
+        for name, stream in ds.val_part_streams():  # each part over all of its own val blocks
+            losses = [(model(x, y)[1].item(), y.numel()) for x, y in ValBatches(ds, 4, 16, None, stream=stream)]
+            direct[name] = (sum(a * n for a, n in losses) / sum(n for _, n in losses), len(stream))
+    assert r["val_parts"] == {k: pytest.approx(v, rel=1e-9) for k, (v, _) in direct.items()}
+    total = sum(t for _, t in direct.values())
+    assert math.isclose(r["val_loss"], sum(v * t / total for v, t in direct.values()), rel_tol=1e-9)
+    assert main(["eval", str(run), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert (f"val loss by part: corpus {r['val_parts']['corpus']:.4f} | backwards {r['val_parts']['backwards']:.4f} "
+            "(the val loss weighs them by their val tokens)") in out
+    assert main(["eval", str(run), "--device", "cpu", "--batches", "3"]) == 0
+    assert "(3 batches, " in capsys.readouterr().out  # shared between the parts: 2 + 1

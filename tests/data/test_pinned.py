@@ -18,8 +18,8 @@ from gptforge.data import pinned
 from gptforge.errors import UserError
 from gptforge.fsutil import sha256_file
 
+from fake_http import FAST, Fake, Handler
 from helpers import FIXTURES
-from test_download import FAST, Fake, Handler
 
 DATA = (FIXTURES / "hellaswag_val_small.jsonl").read_bytes()
 PATH = "/rowanz/hellaswag/0123abc/data/hellaswag_val.jsonl"

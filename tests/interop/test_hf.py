@@ -9,22 +9,9 @@ from safetensors.torch import load_file, save_file
 from gptforge.errors import UserError
 from gptforge.interop.hf import hf_state_from_gptforge, load_hf_gpt2
 
+from helpers import tiny_hf
+
 transformers = pytest.importorskip("transformers")
-
-
-def tiny_hf(tmp_path, seed=0, **config):
-    """A randomly initialised GPT2LMHeadModel with non-trivial biases and norms, saved to tmp_path."""
-    torch.manual_seed(seed)
-    values = dict(vocab_size=100, n_positions=32, n_embd=32, n_layer=2, n_head=4, bos_token_id=99, eos_token_id=99)
-    values.update(config)
-    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(**values)).eval()
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("bias") or "ln_" in name:
-                p.add_(torch.randn_like(p) * 0.1)  # HF inits them to constants: make a transposition show
-    directory = tmp_path / "hf"
-    model.save_pretrained(directory)
-    return model, directory
 
 
 def hf_logits(model, idx):

@@ -14,8 +14,7 @@ from gptforge.interop.export import export_command
 from gptforge.interop.model_card import hellaswag, last_eval
 
 from fake_hub import FakeHub
-from helpers import REPO, tree_digest
-from test_export import make_run
+from helpers import REPO, make_run, tree_digest
 
 transformers = pytest.importorskip("transformers")
 

@@ -95,6 +95,29 @@ def test_ignore_index_and_mean():
     assert torch.allclose(loss, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_label_smoothing_applies_to_the_training_loss_over_the_real_vocabulary_only(arch, dtype):
+    torch.manual_seed(0)
+    model = randomised(GPT(tiny(arch))).to(dtype)
+    idx, targets = torch.randint(0, 70, (2, 8)), torch.randint(0, 70, (2, 8))
+    targets[0, :3] = -1
+    logits = model(idx)[0][..., :70].float().reshape(-1, 70)  # (soft-capped for the modern arch)
+
+    def ce(smoothing):
+        return torch.nn.functional.cross_entropy(logits, targets.reshape(-1), ignore_index=-1,
+                                                 label_smoothing=smoothing).item()
+
+    model.label_smoothing = 0.1
+    tol = 1e-5 if dtype == torch.float32 else 1e-3  # (bf16: the same logits, summed in another order)
+    assert abs(model(idx, targets)[1].item() - ce(0.0)) < tol  # eval mode: plain cross-entropy
+    model.train()
+    smoothed = model(idx, targets)[1].item()
+    assert abs(smoothed - ce(0.1)) < tol and abs(ce(0.1) - ce(0.0)) > 5 * tol
+    model.label_smoothing = 0.0
+    assert abs(model(idx, targets)[1].item() - ce(0.0)) < tol
+
+
 def test_chunked_bf16_loss_matches_plain():
     """The low-precision path upcasts logits chunk by chunk; it must equal a plain fp32 CE of them."""
     import gptforge.model.gpt as model_module

@@ -82,7 +82,8 @@ def test_records_must_be_complete_when_written():
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'reason'"):
         End(step=3)
     assert {f.name for f in dataclasses.fields(Spike)} == {"step", "time", "extra", "loss", "mean", "std"}
-    assert sorted(KINDS) == ["checkpoint", "data_grew", "end", "eval", "log", "nan_skip", "spike", "start"]
+    assert sorted(KINDS) == ["checkpoint", "data_grew", "end", "eval", "level_shift", "log", "nan_skip", "spike",
+                             "start"]
 
 
 def test_the_writer_stamps_the_time_and_mirrors_only_numbers(tmp_path):

@@ -10,7 +10,18 @@ import torch
 from gptforge.config import ModelConfig, OptimConfig
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
-from gptforge.train.optim import Float32Muon, MuonAdamW, apply_lr, build_optimizer, is_hidden_matrix, lr_multiplier
+from gptforge.train.optim import (
+    Float32Muon,
+    MuonAdamW,
+    Schedule,
+    Segment,
+    apply_lr,
+    build_optimizer,
+    is_hidden_matrix,
+    lr_at,
+    lr_multiplier,
+    new_segment,
+)
 
 
 def tiny_model(arch="gpt2", seed=0):
@@ -242,3 +253,64 @@ def test_schedule_is_monotone_after_warmup():
         values = [lr_multiplier(s, c, 200) for s in range(5, 260)]
         assert all(a >= b for a, b in zip(values, values[1:])), schedule
         assert values[0] == 1.0 and math.isclose(values[-1], 0.1)
+
+
+# ---- schedule segments (a resume with another learning rate) ------------------------------------------------
+
+def test_a_segment_warms_up_from_the_old_lr_to_the_new_peak_then_decays_to_the_new_floor():
+    old, new = cfg(lr_decay_iters=0), cfg(learning_rate=3e-4, min_lr=3e-5, lr_decay_iters=0)
+    seg = new_segment(400, old, 400, [], new, 800)
+    assert seg == Segment(400, old.min_lr, 10, 3e-4, 3e-5)  # the old cosine had reached its floor at 400
+    s = Schedule(new, 800, [seg])
+    assert s.lr(400) == 1e-4 and math.isclose(s.lr(405), 1e-4 + 0.5 * (3e-4 - 1e-4)) and s.lr(410) == 3e-4
+    decay = [s.lr(k) for k in range(410, 801)]
+    assert all(a >= b for a, b in zip(decay, decay[1:])) and math.isclose(decay[-1], 3e-5)
+    assert math.isclose(s.lr(605), 3e-5 + 0.5 * (3e-4 - 3e-5))  # half way through the cosine
+    # the multiplier apply_lr uses is the same schedule as a fraction of the configured peak
+    assert all(math.isclose(s.multiplier(k) * 3e-4, s.lr(k)) for k in range(395, 801, 7))
+
+
+def test_segments_edge_cases():
+    old = cfg()
+    # a resume near the end: no room for a warmup, straight to the new peak's schedule
+    assert new_segment(100, old, 100, [], cfg(learning_rate=2e-3), 105).warmup == 0
+    # a higher old LR ramps down to the new peak; the start equals the old schedule's value exactly
+    seg = new_segment(20, old, 110, [], cfg(learning_rate=1e-4, min_lr=1e-5, warmup_iters=4), 100)
+    s = Schedule(cfg(learning_rate=1e-4, min_lr=1e-5, warmup_iters=4), 100, [seg])
+    assert s.lr(20) == lr_at(20, old, 110) > s.lr(22) > s.lr(24) == 1e-4
+    # lr_decay_iters before the segment's decay starts: the decay runs to max_iters instead
+    s = Schedule(cfg(lr_decay_iters=30), 100, [Segment(50, 1e-4, 0, 1e-3, 1e-4)])
+    assert s.lr(50) == 1e-3 and math.isclose(s.lr(100), 1e-4)
+    # constant and wsd shapes inside a segment
+    s = Schedule(cfg(schedule="constant"), 100, [Segment(50, 0.0, 10, 1e-3, 1e-4)])
+    assert [s.lr(k) for k in (50, 55, 60, 99)] == [0.0, 5e-4, 1e-3, 1e-3]
+    s = Schedule(cfg(schedule="wsd", decay_fraction=0.5, lr_decay_iters=0), 150, [Segment(50, 1e-3, 0, 1e-3, 1e-4)])
+    assert s.lr(99) == 1e-3 and math.isclose(s.lr(125), 5.5e-4) and math.isclose(s.lr(150), 1e-4)
+    # a zero learning rate is a zero schedule, not a division by zero
+    assert Schedule(cfg(learning_rate=0.0, min_lr=0.0), 100, [Segment(5, 1e-3, 2, 0.0, 0.0)]).multiplier(50) == 0.0
+    assert lr_at(50, cfg(learning_rate=0.0, min_lr=0.0), 100) == 0.0
+
+
+def test_earlier_segments_keep_their_own_values_and_steps_before_any_follow_the_configured_schedule():
+    c = cfg(learning_rate=2e-4, min_lr=2e-5)
+    first, second = Segment(100, 1e-4, 0, 5e-4, 5e-5), Segment(200, 3e-4, 0, 2e-4, 2e-5)
+    s = Schedule(c, 300, [first, second])
+    assert s.lr(50) == lr_at(50, c, 300)  # before any segment: the schedule as configured now
+    assert s.lr(100) == 5e-4  # the first segment at its own peak
+    assert s.lr(200) == 2e-4 and math.isclose(s.lr(300), 2e-5)  # the last one follows the config
+    assert s.state() == [dict(start=100, from_lr=1e-4, warmup=0, learning_rate=5e-4, min_lr=5e-5),
+                         dict(start=200, from_lr=3e-4, warmup=0, learning_rate=2e-4, min_lr=2e-5)]
+    assert [Segment.from_dict(d) for d in s.state()] == s.segments
+    # without segments the multiplier is the configured schedule, bit for bit (exact resume of older runs)
+    assert all(Schedule(c, 300).multiplier(k) == lr_multiplier(k, c, 300) for k in range(0, 320, 3))
+
+
+def test_the_start_report_line_says_where_the_lr_is_and_where_it_ends():
+    c = cfg(lr_decay_iters=0)
+    assert Schedule(c, 100).describe(0) == ("learning rate 9.09e-05 now (step 0), 0.0001 at the end (step 99); cosine "
+                                            "schedule, peak 0.001, warmup 10 steps")
+    s = Schedule(cfg(learning_rate=3e-4, min_lr=3e-5, lr_decay_iters=0), 200, [Segment(100, 1e-4, 10, 3e-4, 3e-5)])
+    assert s.describe(100).endswith("a new schedule segment from step 100: 10 steps from 0.0001 to the new peak "
+                                    "0.0003, then cosine to 3e-05 (lr_schedule_on_resume=continue keeps the old "
+                                    "schedule)")
+    assert s.describe(150).endswith("in the schedule segment begun at step 100: peak 0.0003, then cosine to 3e-05")

@@ -16,7 +16,7 @@ from gptforge.data.dataset import open_dataset
 from gptforge.model.gpt import GPT
 from gptforge.train.console import Console
 from gptforge.train.events import MetricsLog
-from gptforge.train.guard import LossGuard
+from gptforge.train.guard import MAX_SPIKES_IN_A_ROW, LossGuard
 from gptforge.train.loader import TrainLoader, ValBatches
 from gptforge.train.optim import build_optimizer
 from gptforge.train.reports import report_step
@@ -112,6 +112,26 @@ def test_a_spike_is_skipped_or_kept_as_configured(parts, skip):
     assert result.outcome is (Outcome.SPIKE_SKIPPED if skip else Outcome.SPIKE_KEPT)
     assert same(before, params_of(model)) == skip
     assert (result.grad_norm is None) == skip and g.spikes == 1
+
+
+def test_a_loss_that_stays_high_is_kept_after_a_few_skips_and_reported_as_a_level_shift(parts, tmp_path):
+    model, opt, batches = parts
+    g = guard()
+    g.window = [3.0 + 0.01 * (i % 3) for i in range(20)]
+    high = Scaled(model, 50.0)
+    results = [train_step(model, opt, batches, step=40 + i, guard=g, device=CPU, step_model=high, skip_spikes=True)
+               for i in range(MAX_SPIKES_IN_A_ROW)]
+    assert [r.outcome for r in results] == [Outcome.SPIKE_SKIPPED] * MAX_SPIKES_IN_A_ROW
+    before = params_of(model)
+    shift = train_step(model, opt, batches, step=43, guard=g, device=CPU, step_model=high, skip_spikes=True)
+    assert shift.outcome is Outcome.LEVEL_SHIFT and shift.outcome.updated and shift.grad_norm is not None
+    assert not same(before, params_of(model))  # kept: the optimizer stepped
+    text, events = lines_and_events(tmp_path, shift, g, skip_spikes=True)
+    assert text == (f"step 43: the loss stayed high for 4 steps in a row ({shift.loss:.4f}, {shift.spike[0]:.4f} "
+                    "before): the level moved (new data or another learning rate?), not a spike; step kept, and "
+                    f"spikes are judged against the new level {g.level:.4f} from here\n")
+    assert [(e["event"], e["step"], e["loss"], e["mean"], e["level"]) for e in events] == [
+        ("level_shift", 43, shift.loss, shift.spike[0], g.level)]
 
 
 def test_an_fp16_overflow_skips_the_update_and_lowers_the_scale(parts):

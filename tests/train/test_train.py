@@ -172,7 +172,7 @@ def test_resume_of_a_checkpoint_without_data_position_starts_a_fresh_order(tmp_p
 
 def test_init_from_hugging_face_keeps_the_configured_dropout(tmp_path, char_data):
     pytest.importorskip("transformers")
-    from test_hf import tiny_hf
+    from helpers import tiny_hf
 
     _, hf_dir = tiny_hf(tmp_path)
     run = tmp_path / "run"
@@ -181,3 +181,14 @@ def test_init_from_hugging_face_keeps_the_configured_dropout(tmp_path, char_data
     train_command(tiny_config(char_data, run, max_iters=1, init_from=str(hf_dir), dropout=0.25, **FIXED))
     stored = load_config(str(run / "config.toml")).model
     assert (stored.dropout, stored.block_size, stored.n_head) == (0.25, 16, 4)  # dropout kept, context cropped
+
+
+def test_label_smoothing_changes_the_training_loss_and_evals_report_plain_cross_entropy(tmp_path, char_data):
+    plain, smoothed = tmp_path / "plain", tmp_path / "smoothed"
+    train(tiny_config(char_data, plain, max_iters=2, eval_interval=2, dropout=0.0, **FIXED))
+    train(tiny_config(char_data, smoothed, max_iters=2, eval_interval=2, dropout=0.0, label_smoothing=0.2, **FIXED))
+    (e0, _), (s0, _) = events(plain, "eval"), events(smoothed, "eval")
+    assert (e0["train_loss"], e0["val_loss"]) == (s0["train_loss"], s0["val_loss"])  # the same model at step 0
+    first_plain, first_smoothed = events(plain, "log")[0]["loss"], events(smoothed, "log")[0]["loss"]
+    assert first_smoothed != first_plain  # the same batch, another objective
+    assert "label_smoothing = 0.2" in (smoothed / "config.toml").read_text()

@@ -14,7 +14,6 @@ gradient average or a wrong learning rate would do (these move the loss by > 1e-
 from __future__ import annotations
 
 import io
-import json
 import os
 import shutil
 import signal
@@ -29,7 +28,7 @@ import torch
 from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint
 from gptforge.train.loop import train
 
-from helpers import sigint_default, tiny_config
+from helpers import records, sigint_default, tiny_config
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 # dropout 0: with dropout, the ranks draw other masks than one process does (same data, other noise)
@@ -56,15 +55,6 @@ def torchrun(data, out, nproc=2, env=None, wait=True, code=0, **overrides):
     out_text, _ = proc.communicate(timeout=180)
     assert (proc.returncode != 0 if code else proc.returncode == 0), out_text[-4000:]
     return out_text
-
-
-def records(run_dir, event="log"):
-    out = {}
-    for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["event"] == event:
-            out[rec["step"]] = rec
-    return out
 
 
 def assert_losses_close(a_run, b_run, steps):

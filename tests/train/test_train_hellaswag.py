@@ -4,7 +4,6 @@ missing or bad file, or a tokenizer that cannot encode the items, is one line at
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from gptforge.train.events import Eval, MetricsLog
 from gptforge.train.loop import train
 from gptforge.train.runs import load_run
 
-from helpers import FIXTURES, sigint_default, tiny_config, tiny_text
+from helpers import FIXTURES, records, sigint_default, tiny_config, tiny_text
 
 FIXTURE = FIXTURES / "hellaswag_val_small.jsonl"
 SWAG = dict(hellaswag_interval=4, hellaswag_file=str(FIXTURE), hellaswag_limit=6)
@@ -38,15 +37,6 @@ def gpt2_data(tmp_path_factory) -> Path:
     (folder / "corpus.txt").write_text(tiny_text(600), encoding="utf-8")
     prepare([str(folder / "corpus.txt")], folder / "data", tokenizer="gpt2", val_fraction=0.1, split="tail")
     return folder / "data"
-
-
-def records(run_dir: Path, event: str) -> dict[int, dict]:
-    out = {}
-    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
-        rec = json.loads(line)
-        if rec["event"] == event:
-            out[rec["step"]] = rec
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
-"""GPUs a user can name to `gptforge plan --gpu`: memory size here, dense bf16 peak from metrics.py.
+"""GPUs a user can name to `gptforge plan --gpu`: memory size here, dense bf16 peak from train/devices.py.
 
-The peak-FLOPs table lives in metrics.py (MFU is measured against it during training); this module only
+The peak-FLOPs table lives in train/devices.py (MFU is measured against it during training); this module only
 adds what sizing also needs, the card's memory, and turns what a user types ("4070", "RTX 4070",
 "NVIDIA H100 80GB HBM3", "A100 40GB") into one known card.
 """
@@ -32,7 +32,7 @@ ALLOCATOR_SLACK = 1.05  # the caching allocator's fragmentation on top of the li
 class Gpu:
     name: str  # the pattern that matched, e.g. "rtx 4070"
     memory_gb: float  # as sold
-    peak_flops: float | None  # dense bf16 FLOP/s from metrics.py; None when that table lacks the card
+    peak_flops: float | None  # dense bf16 FLOP/s from train/devices.py; None when that table lacks the card
 
     @property
     def capacity_gib(self) -> float:

@@ -44,8 +44,11 @@ PART_MARKERS = ("s", "^", "v", "D", "x")
 
 
 def _part_series(evals: list[Eval], x: str) -> dict[str, tuple[list[float], list[float]]]:
-    """Per dataset part, (x, val loss) of the evals that logged it."""
+    """Per dataset part, (x, val loss) of the evals that logged it; none for a run that only ever had one part
+    (its part's curve is the val curve)."""
     out: dict[str, tuple[list[float], list[float]]] = {}
+    if not any(len(val_parts(e)) > 1 for e in evals):
+        return out
     for e in evals:
         for part, loss in val_parts(e).items():
             if finite(getattr(e, x)):

@@ -1,4 +1,5 @@
-"""`gptforge sample RUN_DIR`: text from a run's latest checkpoint, streamed as it is generated."""
+"""`gptforge sample RUN_DIR`: text from a run's latest checkpoint (or `--step N`, or RUN_DIR/checkpoints/step_N),
+streamed as it is generated."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ class _Stream:
 
 def sample_command(run_dir, prompt: str = "", num_samples: int = 1, max_new_tokens: int = 200,
                    temperature: float = 0.8, top_k: int | None = 200, top_p: float | None = 1.0, seed: int = 1337,
-                   device: str = "auto", out=None) -> list[str]:
+                   device: str = "auto", out=None, step: int | None = None) -> list[str]:
     """Write `num_samples` continuations of `prompt` to the terminal as they are generated; return them."""
     out = out or sys.stdout
     if num_samples < 1:
@@ -58,7 +59,7 @@ def sample_command(run_dir, prompt: str = "", num_samples: int = 1, max_new_toke
     if top_p is not None and not 0 < top_p <= 1:
         raise UserError(f"--top-p must be in (0, 1], got {top_p}")
     dev = devices.resolve_device(device)
-    model, tokenizer, _ = load_run(run_dir, dev)
+    model, tokenizer, _ = load_run(run_dir, dev, step)
     if tokenizer is None:
         raise UserError(f"{run_dir} has no tokenizer/ directory, so its tokens cannot be turned into text")
     text = read_prompt(prompt)

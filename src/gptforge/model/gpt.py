@@ -149,12 +149,13 @@ class Block(nn.Module):
         return x + self.mlp(norm2(x), dropout_on)
 
 
-def _ce_sum(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float) -> torch.Tensor:
-    """Summed CE of a chunk of rows, in fp32, over the real vocabulary only."""
+def _ce_sum(logits: torch.Tensor, targets: torch.Tensor, vocab_size: int, softcap: float,
+            label_smoothing: float = 0.0) -> torch.Tensor:
+    """Summed CE of a chunk of rows, in fp32, over the real vocabulary only (smoothed over it when asked)."""
     logits = logits[:, :vocab_size].float()
     if softcap:
         logits = softcap * torch.tanh(logits / softcap)
-    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum")
+    return F.cross_entropy(logits, targets, ignore_index=-1, reduction="sum", label_smoothing=label_smoothing)
 
 
 class GPT(nn.Module):
@@ -168,6 +169,7 @@ class GPT(nn.Module):
         self.vocab_size = cfg.vocab_size
         self.padded_vocab_size = padded_vocab(cfg.vocab_size)
         self.softcap = float(cfg.logit_softcap) if self.modern else 0.0
+        self.label_smoothing = 0.0  # of the training loss (set by the trainer); eval mode computes plain CE
         modules = dict(wte=nn.Embedding(self.padded_vocab_size, cfg.n_embd))
         if not self.modern:
             modules["wpe"] = nn.Embedding(cfg.block_size, cfg.n_embd)
@@ -285,7 +287,8 @@ class GPT(nn.Module):
             return self._logits(x), None
         logits = self.lm_head(x).flatten(0, 1)  # in the compute dtype (bf16 under autocast)
         targets = targets.reshape(-1)
-        ce_sum = functools.partial(_ce_sum, vocab_size=self.vocab_size, softcap=self.softcap)
+        ce_sum = functools.partial(_ce_sum, vocab_size=self.vocab_size, softcap=self.softcap,
+                                   label_smoothing=self.label_smoothing if self.training else 0.0)
         if logits.dtype == torch.float32 or torch.compiler.is_compiling():
             # (compiled, the upcast fuses into the loss kernels, and checkpoint inside a compiled
             # graph is fragile across torch versions)

@@ -3,6 +3,7 @@
 Lines keep nanoGPT's shape so users' habits and grep scripts still work:
     iter N: loss X, time Yms, mfu Z%, T tok/s, lr L
     step N: train loss X, val loss Y, val ppl P
+    step N: train loss X, val loss Y, val ppl P (fineweb A | wikipedia B)     (a dataset of several parts)
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ def iter_line(step: int, loss: float, dt_ms: float, mfu_fraction: float | None, 
             f"lr {lr:.3e}")
 
 
-def eval_line(step: int, train_loss: float, val_loss: float, seconds: float, extra: str = "") -> str:
+def eval_line(step: int, train_loss: float, val_loss: float, seconds: float, extra: str = "",
+              val_parts: dict[str, float] | None = None) -> str:
+    several = val_parts if val_parts and len(val_parts) > 1 else {}  # (one part: the val loss itself)
+    parts = " | ".join(f"{name} {loss:.4f}" for name, loss in several.items())
     return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}"
-            f"{', ' + extra if extra else ''} (eval {seconds:.2f}s, not counted in iteration time)")
+            f"{' (' + parts + ')' if parts else ''}{', ' + extra if extra else ''} (eval {seconds:.2f}s, not counted "
+            "in iteration time)")
 
 
 def perplexity(loss: float) -> float:

@@ -69,6 +69,8 @@ class Start(Event):
     peak_flops: float | None
     flops_per_token: float
     resumed_from: int | None  # the checkpoint's step; None for a fresh start
+    # schedule segments begun by resumes with another learning rate (train/optim.Segment as dicts); None: none
+    lr_segments: list | None = None
 
 
 @dataclass(kw_only=True)
@@ -96,8 +98,10 @@ class Eval(Event):
     train_loss: float
     val_loss: float
     val_ppl: float
-    eval_batches: int
+    eval_batches: int  # val batches, all parts together
     seconds: float  # the whole eval, HellaSwag included
+    # a dataset of several parts: {part name: its val loss}; val_loss weighs them by their val tokens
+    val_parts: dict | None = None
     # HellaSwag (completion style, train/hellaswag.py) at the evals it was scored at; None elsewhere
     hellaswag_acc_norm: float | None = None
     hellaswag_acc: float | None = None
@@ -121,6 +125,17 @@ class Spike(Event):
     loss: float
     mean: float
     std: float
+
+
+@dataclass(kw_only=True)
+class LevelShift(Event):
+    """The loss stayed far above the window for several steps in a row: the level moved (new data, another
+    learning rate), so the step was kept and the window restarted at the new level."""
+
+    KIND: ClassVar[str] = "level_shift"
+    loss: float
+    mean: float  # of the window before
+    level: float  # the new window's mean: the high losses in a row
 
 
 @dataclass(kw_only=True)
@@ -148,8 +163,8 @@ class End(Event):
     reason: str  # max_iters, max_seconds, signal ..., nan, checkpoint_failed (disk full, another OS error)
 
 
-KINDS: dict[str, type[Event]] = {cls.KIND: cls for cls in (Start, Log, Eval, Checkpoint, Spike, NanSkip, DataGrew,
-                                                           End)}
+KINDS: dict[str, type[Event]] = {cls.KIND: cls for cls in (Start, Log, Eval, Checkpoint, Spike, LevelShift, NanSkip,
+                                                           DataGrew, End)}
 
 
 def _allowed(annotation) -> tuple[type, ...]:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gptforge.data.dataset import Dataset
+from gptforge.data.dataset import Dataset, TokenStream
 from gptforge.errors import UserError
 
 
@@ -115,13 +115,9 @@ class TrainLoader:
             raise UserError(
                 f"the checkpoint's loader used block_size {state['block_size']}, this run {self.block_size}"
             )
-        old_shards, new_shards = list(state["train_shards"]), list(self.dataset.train.names)
-        if new_shards[: len(old_shards)] != old_shards or state["train_tokens"] > self.dataset.train_tokens:
-            raise UserError(
-                f"{self.dataset.path}: the train data is not the one the checkpoint was trained on or an extension of "
-                f"it (checkpoint: {state['train_tokens']} tokens in {len(old_shards)} shards, now "
-                f"{self.dataset.train_tokens} in {len(new_shards)}); resume with the original --data"
-            )
+        problem = shards_mismatch(state, self.dataset)
+        if problem:
+            raise UserError(f"{self.dataset.path}: {problem}; resume with the original --data")
         self.seed, self.epoch, self.pos = state["seed"], state["epoch"], state["pos"]
         self.micro_batches = state["micro_batches"]
         self.growth = [list(g) for g in state["growth"]]
@@ -132,6 +128,17 @@ class TrainLoader:
             self.grew = {"old_train_tokens": state["train_tokens"], "new_train_tokens": self.dataset.train_tokens,
                          "version": self.dataset.version}
         self._order = self._epoch_order()
+
+
+def shards_mismatch(state: dict, dataset: Dataset) -> str | None:
+    """Why a loader state cannot continue on `dataset` by its shard names and sizes (what checkpoints without the
+    dataset's content identity go by), or None."""
+    old_shards, new_shards = list(state["train_shards"]), list(dataset.train.names)
+    if new_shards[: len(old_shards)] == old_shards and state["train_tokens"] <= dataset.train_tokens:
+        return None
+    return (f"the train data is not the one the checkpoint was trained on or an extension of it (checkpoint: "
+            f"{state['train_tokens']} tokens in {len(old_shards)} shards, now {dataset.train_tokens} in "
+            f"{len(new_shards)})")
 
 
 class StepBatches:
@@ -151,11 +158,12 @@ class StepBatches:
 
 class ValBatches:
     """The same batches at every eval: blocks spread evenly over the val split (or the train split, for
-    the train loss the loop reports, without disturbing the training order)."""
+    the train loss the loop reports, without disturbing the training order; or `stream`, one dataset part's
+    val tokens)."""
 
     def __init__(self, dataset: Dataset, batch_size: int, block_size: int, n_batches: int | None,
-                 rank: int = 0, world_size: int = 1, split: str = "val"):
-        self.stream = dataset.val if split == "val" else dataset.train
+                 rank: int = 0, world_size: int = 1, split: str = "val", stream: TokenStream | None = None):
+        self.stream = stream if stream is not None else dataset.val if split == "val" else dataset.train
         n_blocks = _n_blocks(len(self.stream), block_size)
         if n_blocks == 0:
             raise UserError(

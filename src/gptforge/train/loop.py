@@ -31,12 +31,14 @@ from gptforge.model.gpt import GPT
 from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
 from gptforge.train.console import Console, eval_line, perplexity
+from gptforge.train.continuation import check_dataset, resumed_schedule
+from gptforge.train.evalsets import eval_sets
 from gptforge.train.events import DataGrew, End, Eval, MetricsLog
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
-from gptforge.train.loader import TrainLoader, ValBatches
-from gptforge.train.optim import apply_lr, build_optimizer, lr_multiplier
+from gptforge.train.loader import TrainLoader
+from gptforge.train.optim import apply_lr, build_optimizer
 from gptforge.train.reports import log_step, nan_stop_message, report_step, start_lines, start_record
 from gptforge.train.rundir import sole_writer, write_failed
 from gptforge.train.samples import write_samples
@@ -154,12 +156,18 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
     cfg = _resolve_model_config(cfg, dataset)
     writer.enter_context(sole_writer(run_dir, console))  # one `train` per RUN_DIR; leftovers of a kill removed
     resume = load_resume(run_dir, tc.init_from, fsdp, console)
+    moved = None
     if resume:
         changes = check_resume(resume.state, cfg, tokenizer_identity)
+        moved = check_dataset(resume.state, dataset, cfg.data.data_changed)  # the same, grown, or another dataset
         console.print(f"resuming from {resume.path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
+
+    # data_changed=ok is a permission for this launch: config.toml does not keep it for the next one
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_changed="refuse"))
 
     # ---------------------------------------------------------------- model and optimizer
     model, cfg = _build_model(cfg, dataset, pretrained)
+    model.label_smoothing = tc.label_smoothing  # of the training loss only: evals report plain cross-entropy
     params, params_ne = model.num_params(), model.num_params(non_embedding=True)  # (before FSDP shards them)
     flops_per_token = model.flops_per_token()
     if rank:
@@ -175,9 +183,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
 
     # ---------------------------------------------------------------- data order and training state
     loader = TrainLoader(dataset, tc.batch_size, cfg.model.block_size, tc.seed, rank=rank, world_size=world)
-    # the fixed batches each eval measures: train (the loss without dropout), then val
-    eval_splits = [ValBatches(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank, world, split=split)
-                   for split in ("train", "val")]
+    # the fixed batches each eval measures: train (the loss without dropout), then val, part by part
+    evals = eval_sets(dataset, tc.batch_size, cfg.model.block_size, tc.eval_iters, rank, world)
     max_iters = plan_iters(cfg, params)
     cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, max_iters=max_iters))
     guard = LossGuard(tc.spike_sigma, tc.max_nan_skips, after_step=oc.warmup_iters)
@@ -185,19 +192,28 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                        dataset=dataset_entry(dataset))
     if resume:
         state = restore(resume, state, model=model, optimizer=optimizer, scaler=scaler, loader=loader, guard=guard,
-                        fsdp=fsdp, device=device, seed=tc.seed, console=console)
+                        fsdp=fsdp, device=device, seed=tc.seed, console=console, data_order=not moved.fresh_order)
         if state.step >= max_iters:  # a finished run: say so, write nothing, exit 0
             console.print(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
                           "pass a larger --max_iters (or --max_tokens) to continue")
             return {"step": state.step, "reason": "nothing to do", "best_val_loss": state.best_val_loss,
                     "val_loss": state.val_loss, "run_dir": run_dir}
     resumed_at = state.step if resume else None
+    # after the data grew or changed, the checkpoint itself is measured on the new val split first: the "before"
+    # that later evals (and diagnose) compare with, on the same val tokens
+    baseline_at = state.step if resume and (loader.grew or moved.fresh_order) else None
+    # the LR as a pure function of the step and the schedule's segments (a resume with a new LR begins one)
+    schedule, notes = resumed_schedule(resume.state if resume else None, cfg, max_iters, state.step, guard, moved,
+                                       grew=bool(loader.grew))
+    state.lr_segments = schedule.state() or None
 
     # ---------------------------------------------------------------- run directory and the start report
     start = start_record(cfg, dataset, device, world, fsdp, params=params, params_non_embedding=params_ne,
-                         flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step)
+                         flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step,
+                         lr_segments=state.lr_segments)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
-    for line in start_lines(start, cfg, dtype, use_compile, loader.grew) + ([fit.note] if fit.note else []):
+    for line in (start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)] + notes
+                 + [n for n in (fit.note, evals.note()) if n]):
         console.print(line)
     if log:
         log.write(start)
@@ -220,23 +236,28 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
             step = state.step  # optimizer steps done
             last_step, is_best = step == max_iters, False
             # eval (and sample, and save) every eval_interval steps, except the step a resume starts at
-            if (step % tc.eval_interval == 0 or last_step) and step != resumed_at:
+            due = (step % tc.eval_interval == 0 or last_step) and step != resumed_at
+            if due or step == baseline_at:
                 t0 = time.time()
-                train_loss, state.val_loss = evaluate(model, eval_splits, device, eval_model, autocast)
+                train_loss, state.val_loss, val_parts = evals.combine(evaluate(model, evals.splits, device,
+                                                                               eval_model, autocast))
                 scored = swag.score(model, device, autocast) if swag and swag.due(step, last_step) else None
                 seconds = time.time() - t0
-                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else ""))
+                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else "",
+                                        val_parts))
                 if log:
                     log.write(Eval(step=step, tokens=state.tokens_seen, epoch=loader.epoch_float,
                                    train_loss=train_loss, val_loss=state.val_loss, val_ppl=perplexity(state.val_loss),
-                                   eval_batches=len(eval_splits[1]), seconds=round(seconds, 3),
+                                   eval_batches=evals.val_batches, seconds=round(seconds, 3), val_parts=val_parts,
                                    **(scored.event_fields() if scored else {})))
-                if samples_on:
+                if samples_on and due:
                     write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
                                   autocast, console)
+                if step == baseline_at:
+                    state.best_val_loss = state.val_loss  # another val split: its best starts here
                 is_best = state.val_loss < state.best_val_loss
                 state.best_val_loss = min(state.best_val_loss, state.val_loss)
-                if step > 0 and (tc.always_save_checkpoint or is_best) and not last_step:
+                if due and step > 0 and (tc.always_save_checkpoint or is_best) and not last_step:
                     saver.save(state, is_best)
             # ranks see signals and clocks at different moments: stop when any rank would (one all-reduce)
             signalled, over_time = dist.any_true_each(
@@ -254,7 +275,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
 
             # one optimizer step: accum micro-batches, then the update (or a skip on a bad loss)
             t0 = time.time()
-            apply_lr(optimizer, lr_multiplier(step, oc, max_iters))
+            apply_lr(optimizer, schedule.multiplier(step))
             result = train_step(model, optimizer, loader.step_batches(fit.accum, fit.size), step=step, guard=guard,
                                 device=device, step_model=step_model, scaler=scaler, autocast=autocast,
                                 grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)

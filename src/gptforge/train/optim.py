@@ -2,8 +2,8 @@
 
 AdamW (fused on CUDA) with weight decay on matrices only, or Muon (PyTorch's torch.optim.Muon) for the
 hidden matrices of the transformer blocks with AdamW for everything else (embeddings, head, norms,
-biases), behind one object. Schedules are pure functions of the step: nothing to checkpoint, nothing
-to drift on resume.
+biases), behind one object. Schedules are pure functions of the step (and of the segments that resumes with
+another learning rate began, kept in the checkpoint): nothing to drift on resume.
 
 torch.optim.Muon orthogonalises in bf16, which CPUs without native bf16 matmuls run ~25x slower than
 fp32 (a 512x128 Newton-Schulz took 150 ms vs 6 ms in fp32 on a 2-core AVX2 machine), so off CUDA the
@@ -16,7 +16,9 @@ and only the moments / momentum buffers come from the file.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -192,7 +194,7 @@ def lr_multiplier(step: int, cfg: OptimConfig, max_iters: int) -> float:
     min_lr / learning_rate."""
     if step < 0:
         raise ValueError(f"step must be >= 0, got {step}")
-    floor = cfg.min_lr / cfg.learning_rate
+    floor = cfg.min_lr / cfg.learning_rate if cfg.learning_rate else 0.0
     decay_iters = cfg.lr_decay_iters if cfg.lr_decay_iters > 0 else max_iters
     warmup = cfg.warmup_iters
     if step < warmup:
@@ -210,6 +212,84 @@ def lr_multiplier(step: int, cfg: OptimConfig, max_iters: int) -> float:
             return 1.0
         return 1.0 - (step - decay_start) / (decay_iters - decay_start) * (1.0 - floor)
     raise UserError(f"config key 'schedule': {cfg.schedule!r} is not one of 'cosine', 'wsd', 'constant'")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the schedule begun by a resume with another learning rate or min_lr: from the LR the schedule
+    had at `start`, `warmup` steps of a straight line to the new peak, then the configured decay (cosine, wsd,
+    constant) to min_lr at lr_decay_iters, or at max_iters when lr_decay_iters is not past the warmup."""
+
+    start: int
+    from_lr: float
+    warmup: int
+    learning_rate: float  # the peak it began with (the last segment follows the config: the same values)
+    min_lr: float
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Segment:
+        return cls(int(d["start"]), float(d["from_lr"]), int(d["warmup"]), float(d["learning_rate"]),
+                   float(d["min_lr"]))
+
+
+def lr_at(step: int, cfg: OptimConfig, max_iters: int, segments: list[Segment] = ()) -> float:
+    """The learning rate of `step` (AdamW's; Muon's is muon_lr times the same fraction of the peak): the
+    configured schedule, or the segment the step falls in."""
+    seg = next((s for s in reversed(segments) if s.start <= step), None)
+    if seg is None:
+        return cfg.learning_rate * lr_multiplier(step, cfg, max_iters)
+    last = seg is segments[-1]
+    peak, floor = (cfg.learning_rate, cfg.min_lr) if last else (seg.learning_rate, seg.min_lr)
+    local = step - seg.start
+    if local < seg.warmup:
+        return seg.from_lr + (peak - seg.from_lr) * local / seg.warmup  # from where the old schedule was
+    decay_start = seg.start + seg.warmup
+    end = cfg.lr_decay_iters if cfg.lr_decay_iters > decay_start else max_iters
+    shape = dataclasses.replace(cfg, learning_rate=peak, min_lr=floor, warmup_iters=0, lr_decay_iters=0)
+    return peak * lr_multiplier(step - decay_start, shape, end - decay_start) if peak else 0.0
+
+
+def new_segment(step: int, before: OptimConfig, before_max_iters: int, segments: list[Segment], cfg: OptimConfig,
+                max_iters: int) -> Segment:
+    """The segment a resume at `step` with the config `cfg` begins, after a run configured as `before`: its warmup
+    is warmup_iters, at most a tenth of the steps left, from the LR `before` gives `step`."""
+    warmup = min(cfg.warmup_iters, max(0, max_iters - step) // 10)
+    return Segment(step, lr_at(step, before, before_max_iters, segments), warmup, cfg.learning_rate, cfg.min_lr)
+
+
+@dataclass
+class Schedule:
+    """The run's learning rate as a pure function of the step: the configured schedule and its segments."""
+
+    cfg: OptimConfig
+    max_iters: int
+    segments: list[Segment] = dataclasses.field(default_factory=list)
+
+    def lr(self, step: int) -> float:
+        return lr_at(step, self.cfg, self.max_iters, self.segments)
+
+    def multiplier(self, step: int) -> float:
+        """The fraction of the configured peak that apply_lr scales every group's initial_lr by."""
+        if not self.segments:
+            return lr_multiplier(step, self.cfg, self.max_iters)
+        return self.lr(step) / self.cfg.learning_rate if self.cfg.learning_rate else 0.0
+
+    def state(self) -> list[dict]:
+        return [dataclasses.asdict(s) for s in self.segments]
+
+    def describe(self, step: int) -> str:
+        """The start report's line: the LR now and at the end, and the segment a resume began."""
+        c, end = self.cfg, max(self.max_iters - 1, step)
+        text = f"learning rate {self.lr(step):.3g} now (step {step}), {self.lr(end):.3g} at the end (step {end})"
+        seg = self.segments[-1] if self.segments else None
+        decay = "constant" if c.schedule == "constant" else f"{c.schedule} to {c.min_lr:g}"
+        if seg is None:
+            return text + f"; {c.schedule} schedule, peak {c.learning_rate:g}, warmup {c.warmup_iters} steps"
+        if seg.start < step:
+            return text + f"; in the schedule segment begun at step {seg.start}: peak {c.learning_rate:g}, then {decay}"
+        return (text + f"; a new schedule segment from step {seg.start}: {seg.warmup} steps from {seg.from_lr:.3g} "
+                f"to the new peak {c.learning_rate:g}, then {decay} (lr_schedule_on_resume=continue keeps the old "
+                "schedule)")
 
 
 def apply_lr(optimizer, multiplier: float) -> None:

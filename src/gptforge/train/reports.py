@@ -16,13 +16,14 @@ from gptforge.data.dataset import Dataset
 from gptforge.train import devices
 from gptforge.train.console import Console, iter_line
 from gptforge.train.devices import mfu, peak_flops
-from gptforge.train.events import Log, MetricsLog, NanSkip, Spike, Start
-from gptforge.train.guard import LossGuard
+from gptforge.train.events import LevelShift, Log, MetricsLog, NanSkip, Spike, Start
+from gptforge.train.guard import MAX_SPIKES_IN_A_ROW, LossGuard
 from gptforge.train.step import Outcome, StepResult
 
 
 def start_record(cfg: Config, dataset: Dataset, device: torch.device, world: int, fsdp: bool, *, params: int,
-                 params_non_embedding: int, flops_per_token: float, resumed_from: int | None, step: int) -> Start:
+                 params_non_embedding: int, flops_per_token: float, resumed_from: int | None, step: int,
+                 lr_segments: list | None = None) -> Start:
     """The launch as metrics.jsonl keeps it: the model's size, the budget, the dataset, the devices."""
     tokens_per_iter, max_iters = cfg.tokens_per_iter, cfg.train.max_iters
     planned = max_iters * tokens_per_iter
@@ -33,7 +34,7 @@ def start_record(cfg: Config, dataset: Dataset, device: torch.device, world: int
                  dataset_val_tokens=dataset.val_tokens, dataset_version=dataset.version,
                  planned_epochs=planned / dataset.train_tokens, device=device.type, device_name=name,
                  world_size=world, fsdp=fsdp, peak_flops=peak_flops(name, cfg.train.peak_flops),
-                 flops_per_token=flops_per_token, resumed_from=resumed_from)
+                 flops_per_token=flops_per_token, resumed_from=resumed_from, lr_segments=lr_segments)
 
 
 def start_lines(start: Start, cfg: Config, dtype: torch.dtype, compiled: bool, grew: dict | None) -> list[str]:
@@ -89,6 +90,14 @@ def report_step(result: StepResult, guard: LossGuard, skip_spikes: bool, console
         console.print(f"step {step}: {what}, step skipped ({guard.consecutive} in a row, {guard.nan_skips} in total)")
         if log:
             log.write(NanSkip(step=step, count=guard.nan_skips, consecutive=guard.consecutive))
+    elif result.outcome is Outcome.LEVEL_SHIFT:
+        mean, _ = result.spike
+        console.print(f"step {step}: the loss stayed high for {MAX_SPIKES_IN_A_ROW + 1} steps in a row "
+                      f"({result.loss:.4f}, {mean:.4f} before): the level moved (new data or another learning rate?), "
+                      f"not a spike; step kept, and spikes are judged against the new level {guard.level:.4f} from "
+                      "here")
+        if log:
+            log.write(LevelShift(step=step, loss=result.loss, mean=mean, level=guard.level))
     elif result.spike:
         mean, std = result.spike
         action = "optimizer step skipped" if skip_spikes else "kept (set --skip_spikes=true to skip)"

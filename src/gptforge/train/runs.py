@@ -1,4 +1,5 @@
-"""A run directory read back: the model of its newest valid checkpoint, and its tokenizer."""
+"""A run directory read back: the model of one of its checkpoints (the newest that verifies unless one is named),
+and its tokenizer. The checkpoint may be named by RUN_DIR and a step, or given as RUN_DIR/checkpoints/step_N."""
 
 from __future__ import annotations
 
@@ -11,18 +12,66 @@ from gptforge.config import build_config
 from gptforge.data.tokenizers import load_tokenizer
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
-from gptforge.train.checkpoint import newest_valid
+from gptforge.train.checkpoint import (
+    CHECKPOINTS,
+    check_marker,
+    latest_checkpoint,
+    load_checkpoint,
+    newest_valid,
+    step_name,
+)
 
 
-def load_run(run_dir, device: torch.device):
-    """(model in eval mode on `device`, tokenizer or None, checkpoint state) from the newest checkpoint that
-    verifies; a newer one that does not (corrupt, non-finite weights) is skipped with a line on stderr."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
-    path, ckpt, skipped = newest_valid(run_dir)
-    for line in skipped:
-        print(line, file=sys.stderr)
+def _is_step_dir(path: Path) -> bool:
+    return path.name.startswith("step_") and path.name[5:].isdigit()
+
+
+def _choices(run_dir: Path) -> str:
+    root = run_dir / CHECKPOINTS
+    found = [p for p in root.iterdir() if _is_step_dir(p) and p.is_dir()] if root.is_dir() else []
+    steps = sorted(int(p.name[5:]) for p in found if check_marker(p) is None)
+    return f"complete ones: --step {', '.join(map(str, steps))}" if steps else "it has no complete checkpoint"
+
+
+def find_checkpoint(path, step: int | None = None) -> tuple[Path, Path]:
+    """(run directory, checkpoint directory) for RUN_DIR (its latest complete checkpoint, or that of `step`) or
+    RUN_DIR/checkpoints/step_N; a UserError names an incomplete or missing one and the complete ones."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"run directory {path} does not exist")
+    if _is_step_dir(path):
+        run_dir, ckpt = (path.parent.parent if path.parent.name == CHECKPOINTS else path.parent), path
+        if step is not None and step != int(path.name[5:]):
+            raise UserError(f"--step {step} does not match the checkpoint given, {path}")
+    elif step is not None:
+        run_dir, ckpt = path, path / CHECKPOINTS / step_name(step)
+        if not ckpt.is_dir():
+            raise UserError(f"{path} has no checkpoint at step {step}; {_choices(path)}")
+    else:
+        run_dir, ckpt = path, latest_checkpoint(path)
+        if ckpt is None:
+            raise UserError(f"{path} has no complete checkpoint (checkpoints/step_*/ with a COMPLETE marker)")
+    problem = check_marker(ckpt)
+    if problem:
+        raise UserError(f"checkpoint {ckpt} is incomplete ({problem}: its save was interrupted); {_choices(run_dir)}")
+    return run_dir, ckpt
+
+
+def load_run(path, device: torch.device, step: int | None = None):
+    """(model in eval mode on `device`, tokenizer or None, checkpoint state): of the checkpoint named (by `step` or
+    a step_N path), else of the newest that verifies; a newer one that does not (corrupt, non-finite weights) is
+    skipped with a line on stderr."""
+    path = Path(path)
+    if step is not None or _is_step_dir(path):
+        run_dir, path = find_checkpoint(path, step)
+        ckpt = load_checkpoint(path)
+    else:
+        if not path.is_dir():
+            raise UserError(f"run directory {path} does not exist")
+        run_dir = path
+        path, ckpt, skipped = newest_valid(run_dir)
+        for line in skipped:
+            print(line, file=sys.stderr)
     saved = ckpt["state"]["config"]
     cfg = build_config({k: v for k, v in saved.items() if v is not None}, where=str(path / "state.json"))
     model = GPT(cfg.model)

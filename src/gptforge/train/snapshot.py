@@ -100,9 +100,10 @@ def check_resume(saved: TrainState, cfg: Config, tokenizer_identity: dict | None
 
 
 def restore(resume: Resume, state: TrainState, *, model, optimizer, scaler, loader: TrainLoader, guard: LossGuard,
-            fsdp: bool, device: torch.device, seed: int, console: Console) -> TrainState:
+            fsdp: bool, device: torch.device, seed: int, console: Console, data_order: bool = True) -> TrainState:
     """Put the checkpoint's state into the freshly built pieces; the TrainState to continue with: the saved
-    counters with this launch's config, tokenizer, world size and dataset (those of `state`)."""
+    counters with this launch's config, tokenizer, world size and dataset (those of `state`). data_order=False:
+    the loader starts afresh (training moves to another dataset)."""
     parallel.load_model_state(model, resume.model, fsdp)
     parallel.load_optimizer_state(model, optimizer, resume.optimizer, fsdp)
     if "scaler" in resume.tensors and scaler.is_enabled():
@@ -111,7 +112,7 @@ def restore(resume: Resume, state: TrainState, *, model, optimizer, scaler, load
     if saved.loader is None:  # e.g. imported from nanoGPT, whose random batches cannot be replayed
         console.print("the checkpoint holds no data position (imported from nanoGPT?): the data order starts a "
                       "fresh permutation at epoch 0")
-    else:
+    elif data_order:
         loader.load_state_dict(saved.loader)  # a global position: valid at any number of processes
     if saved.guard is not None:
         guard.load_state_dict(saved.guard)

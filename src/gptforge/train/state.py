@@ -43,15 +43,17 @@ class TrainState:
     best_val_loss: float = math.inf
     val_loss: float | None = None  # at the last eval
     world_size: int = 1  # processes that wrote it (their dropout streams resume exactly at the same count)
-    dataset: dict | None = None  # path, version and train tokens at the save
+    dataset: dict | None = None  # path, version, train tokens and content identity at the save
+    lr_segments: list | None = None  # schedule segments begun by resumes with another learning rate (optim.Segment)
     imported_from: dict | None = None  # set by the nanoGPT import
     extra: dict = field(default_factory=dict)  # keys of a later version, kept as read
 
     def state_dict(self) -> dict:
         """The JSON object of state.json."""
         own = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        if own["imported_from"] is None:
-            del own["imported_from"]  # only imported runs carry it
+        for optional in ("imported_from", "lr_segments"):  # only imported runs, runs resumed with a new LR
+            if own[optional] is None:
+                del own[optional]
         return {**own, **self.extra}
 
     def load_state_dict(self, state: dict) -> None:
@@ -102,4 +104,5 @@ def _check_types(values: dict, types: dict, prefix: str) -> None:
 
 def dataset_entry(dataset) -> dict:
     """The TrainState's record of the dataset a checkpoint was trained on (a data.dataset.Dataset)."""
-    return {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens}
+    return {"path": str(dataset.path), "version": dataset.version, "train_tokens": dataset.train_tokens,
+            "identity": dataset.identity}

@@ -27,10 +27,11 @@ class Outcome(Enum):
     SPIKE_SKIPPED = "spike-skipped"  # the loss was a spike; the update was skipped (skip_spikes=true)
     NAN_SKIPPED = "nan-skipped"  # the loss or the gradient norm was not finite: the update was skipped
     FP16_OVERFLOW = "fp16-overflow"  # the fp16 gradients overflowed: the scaler skipped the update
+    LEVEL_SHIFT = "level-shift"  # high for several steps in a row: the loss level moved; the optimizer stepped
 
     @property
     def updated(self) -> bool:
-        return self in (Outcome.OK, Outcome.SPIKE_KEPT)
+        return self in (Outcome.OK, Outcome.SPIKE_KEPT, Outcome.LEVEL_SHIFT)
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class StepResult:
     loss: float  # the mean over the micro-batches and ranks (the same number on every rank)
     grad_norm: float | None  # before clipping; None when the loss alone skipped the update (NaN, spike skipped)
     outcome: Outcome
-    spike: tuple[float, float] | None = None  # (mean, std) of the recent losses when the guard saw a spike
+    spike: tuple[float, float] | None = None  # (mean, std) of the recent losses when the guard saw a spike or shift
     loss_scale: tuple[float, float] | None = None  # fp16: (before, after) when an overflow lowered the scale
     shrunk: tuple[int, int] | None = None  # (before, after): an out-of-memory error made the micro-batch smaller
 
@@ -70,12 +71,13 @@ def train_step(model: torch.nn.Module, optimizer, batches, *, step: int, guard: 
     scale = scale[0] if scale else 1.0
     grad_norm = norm / scale  # scales are powers of two: exactly the norm of the unscaled gradients
     verdict = guard.check(step, loss)
-    spike = (guard.last_mean, guard.last_std) if verdict == "spike" else None
-    if verdict == "nan" or (spike and skip_spikes):
+    spike = (guard.last_mean, guard.last_std) if verdict in ("spike", "shift") else None
+    if verdict == "nan" or (verdict == "spike" and skip_spikes):
         optimizer.zero_grad(set_to_none=True)
         return StepResult(step, loss, None, Outcome.NAN_SKIPPED if verdict == "nan" else Outcome.SPIKE_SKIPPED, spike,
                           shrunk=shrunk)
-    outcome, loss_scale = Outcome.SPIKE_KEPT if spike else Outcome.OK, None
+    outcome = Outcome.LEVEL_SHIFT if verdict == "shift" else Outcome.SPIKE_KEPT if spike else Outcome.OK
+    loss_scale = None
     if scaler:
         scaler.unscale_(optimizer)  # records whether any gradient is inf/NaN, for update()
     if math.isfinite(grad_norm):

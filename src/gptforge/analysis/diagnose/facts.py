@@ -131,15 +131,18 @@ _OPTIM_KEYS = ("optimizer", "learning_rate", "min_lr", "schedule", "warmup_iters
                "muon_lr")
 
 
-def lr_schedule(config: dict, step: int, max_iters: int) -> Schedule | None:
+def lr_schedule(config: dict, step: int, max_iters: int, segments: list | None = None) -> Schedule | None:
+    """`segments`: those a resume with another learning rate began (the start event's lr_segments)."""
     try:
         from gptforge.config import build_config
-        from gptforge.train.optim import lr_multiplier
+        from gptforge.train.optim import Schedule as LRSchedule
+        from gptforge.train.optim import Segment
 
         optim = build_config({k: v for k, v in config.items() if k in _OPTIM_KEYS}).optim
+        mult = LRSchedule(optim, max_iters, [Segment.from_dict(d) for d in segments or []]).multiplier(
+            min(step, max_iters))
     except Exception:  # an old or foreign config: fall back to the logged values only
         return None
-    mult = lr_multiplier(min(step, max_iters), optim, max_iters)
     return Schedule(mult, optim.learning_rate, optim.learning_rate * mult, optim.min_lr, optim.schedule,
                     optim.warmup_iters, optim.optimizer, optim.muon_lr)
 
@@ -260,7 +263,8 @@ def _instability(run: RunLog, config: dict, spans: list[VersionSpan], since: int
 def _learning_rate(run: RunLog, config: dict, last_step: int, max_iters: int, tokens_per_iter: int) -> dict:
     warmup = config.get("warmup_iters", 0)
     lrs = [e.lr for e in run.logs if finite(e.lr)]
-    return dict(schedule=lr_schedule(config, last_step, max_iters), lr_logged_now=lrs[-1] if lrs else None,
+    return dict(schedule=lr_schedule(config, last_step, max_iters, run.start.lr_segments),
+                lr_logged_now=lrs[-1] if lrs else None,
                 lr_logged_max=max(lrs or [0.0]) or None, warmup_iters=warmup, warmup_tokens=warmup * tokens_per_iter)
 
 

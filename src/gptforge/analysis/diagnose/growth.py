@@ -46,17 +46,21 @@ class PartChange:
 
     name: str
     new: bool  # added by this growth: no val loss before it
-    before: float | None  # the last eval at or before the growth
+    before: float | None  # the last eval at or before the growth (the trainer measures the checkpoint on the grown
+    # val split at the growth step, so a new part has one too)
     first: float | None  # the first eval after it
     last: float | None  # the last eval after it (before the next growth)
 
     @property
+    def base(self) -> float | None:
+        return self.before if self.before is not None else self.first
+
+    @property
     def change(self) -> float | None:
-        base = self.first if self.new else self.before
-        return None if base is None or self.last is None else self.last - base
+        return None if self.base is None or self.last is None else self.last - self.base
 
     def describe(self) -> str:
-        base = self.first if self.new else self.before
+        base = self.base
         label = f"{self.name} (new)" if self.new else self.name
         if base is None or self.last is None:
             return f"{label}: too few evals"
@@ -145,7 +149,8 @@ def _part_changes(run: RunLog, step: int, end_step: int) -> list[PartChange]:
     after = [val_parts(e) for e in run.evals if step < e.step <= end_step and val_parts(e)]
     if not after:
         return []
-    seen = set().union(*before) if before else set()
+    earlier = [val_parts(e) for e in run.evals if e.step < step and val_parts(e)]  # (not the growth step's own)
+    seen = set().union(*earlier) if earlier else set()
     names = list(dict.fromkeys(n for parts in after for n in parts))
     first = {n: next(p[n] for p in after if n in p) for n in names}
     last = {n: next(p[n] for p in reversed(after) if n in p) for n in names}

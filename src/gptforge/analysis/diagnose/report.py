@@ -78,7 +78,7 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
         rows.append(("tokens per parameter", f"{f.tokens_per_param:.1f} (Chinchilla-optimal: 20)"))
     rows.append(("train loss now", _fmt(f.train_now)))
     rows.append(("val loss now", _fmt(f.val_now) + (f" (perplexity {f.ppl:.2f})" if f.ppl else "")))
-    if f.val_parts_now:
+    if f.val_parts_now and len(f.val_parts_now) > 1:  # (one part: the val loss itself)
         rows.append(("val by part", " | ".join(f"{k} {v:.2f}" for k, v in f.val_parts_now.items())))
     if f.gap is not None:
         gt = f.gap_trend
