@@ -40,9 +40,9 @@ def _download(a):
 
 def _train(a):
     from gptforge.commands.configs import load_any_config
-    from gptforge.commands.train import train_command
+    from gptforge.commands.train import exit_code, train_command
 
-    train_command(load_any_config(a.config, a.overrides))
+    return exit_code(train_command(load_any_config(a.config, a.overrides)))
 
 
 def _sample(a):

@@ -151,11 +151,12 @@ def exclusive_lock(directory: str | os.PathLike, holder: str):
 
 
 class WriteFailed(Exception):
-    """An OS error (disk full, quota, read-only, I/O) while writing `path`; the caller says what it means."""
+    """An OS error (disk full, quota, read-only, I/O) while writing `path` (about `needed` bytes, when known); the
+    caller says what it means."""
 
-    def __init__(self, path: str | os.PathLike, error: OSError):
+    def __init__(self, path: str | os.PathLike, error: OSError, needed: int | None = None):
         super().__init__(f"{path}: {error.strerror or error}")
-        self.path, self.error = Path(path), error
+        self.path, self.error, self.needed = Path(path), error, needed
 
     @property
     def disk_full(self) -> bool:
@@ -163,12 +164,12 @@ class WriteFailed(Exception):
 
 
 @contextmanager
-def writing(path: str | os.PathLike):
-    """Turn an OSError raised inside into WriteFailed naming `path`."""
+def writing(path: str | os.PathLike, needed: int | None = None):
+    """Turn an OSError raised inside into WriteFailed naming `path` (and the bytes it needed, when known)."""
     try:
         yield
     except OSError as e:
-        raise WriteFailed(path, e) from e
+        raise WriteFailed(path, e, needed) from e
 
 
 def free_bytes(path: str | os.PathLike) -> int | None:

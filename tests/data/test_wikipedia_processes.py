@@ -136,3 +136,79 @@ def test_exit_while_a_thread_decompresses_does_not_abort(tmp_path):
         done = subprocess.run([sys.executable, "-c", EXIT_DURING_READ, str(dump), delay], capture_output=True,
                               text=True, timeout=60)
         assert (done.returncode, done.stdout, done.stderr) == (130, "exiting\n", "")
+
+
+POOL_MASKS = """
+import os, sys
+from pathlib import Path
+from multiprocessing import forkserver
+from gptforge.data.sources.lifetimes import worker_pool
+
+def mask(pid="self"):
+    line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("SigBlk:"))
+    return int(line.split()[1], 16)
+
+if __name__ == "__main__":
+    with worker_pool(2) as pool:
+        workers = [pool.submit(mask).result() for _ in range(4)]
+        print(mask(forkserver._forkserver._forkserver_pid), *workers)
+"""
+
+
+def test_the_forkserver_and_its_workers_are_born_with_sigint_blocked(tmp_path):
+    """The cause of the flaky Ctrl-C test: a SIGINT reaching the forkserver or a worker while it still started
+    (before it ignores SIGINT) killed it with a KeyboardInterrupt traceback in the log; a dead worker broke the
+    pool, and shutting it down could hang for good. Born with SIGINT blocked, they cannot be killed by it."""
+    script = tmp_path / "masks.py"
+    script.write_text(POOL_MASKS)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+                          preexec_fn=sigint_default)
+    assert done.returncode == 0, done.stderr
+    masks = [int(x) for x in done.stdout.split()]  # the forkserver's, then the workers'
+    assert len(masks) == 5 and all(mask & 1 << (signal.SIGINT - 1) for mask in masks), masks
+
+
+def test_a_sigint_during_submit_waits_until_the_worker_is_known():
+    """A KeyboardInterrupt inside pool.submit (which starts workers) left a worker the pool did not know: it
+    outlived the shutdown and printed a traceback once the parent was gone. The SIGINT now takes effect when
+    submit returns."""
+    from gptforge.data.sources.lifetimes import _sigint_deferred
+
+    steps = []
+    with pytest.raises(KeyboardInterrupt):
+        with _sigint_deferred():
+            signal.raise_signal(signal.SIGINT)
+            steps.append("after the signal")
+    assert steps == ["after the signal"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_children_cannot_be_killed_by_sigint_at_any_moment_of_their_lives(tmp_path):
+    """SIGINT sent to every child of prepare every few milliseconds from the moment the first one exists (the
+    resource tracker, the forkserver and the workers, both passes of a character-level prepare: each starts
+    under fire), then Ctrl-C to the whole group. Before: a child still starting died with a KeyboardInterrupt
+    traceback in the log, and a dead worker could hang the pool's shutdown for good."""
+    proc = start_prepare(big_dump(tmp_path / "wiki.xml", 30_000), tmp_path / "data", tmp_path / "log")
+    while proc.poll() is None and not descendants(proc.pid):
+        time.sleep(0.001)
+    tree, end = set(), time.monotonic() + 1.5
+    while proc.poll() is None and time.monotonic() < end:
+        for pid in descendants(proc.pid):
+            tree.add(pid)
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.002)
+    finished = proc.poll() is not None  # (on a fast machine it may be done: the children all survived)
+    if not finished:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        code = proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = "hung"
+    log = (tmp_path / "log").read_text().strip()
+    assert (code, log) == ((0, "") if finished else (130, "gptforge prepare: interrupted")), log[-3000:]
+    assert len(tree) >= 4  # the tracker, the forkserver and at least 2 workers were under fire
+    assert_all_gone(tree)

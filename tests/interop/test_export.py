@@ -104,7 +104,7 @@ def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(safetensors.torch, "save_file", broken)
-    with pytest.raises(OSError):
+    with pytest.raises(UserError, match=r"^cannot write .*exported: the disk is full \(No space left on device\)"):
         export_command(run, "hf", tmp_path / "exported")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 

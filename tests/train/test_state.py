@@ -56,9 +56,25 @@ def test_older_and_newer_states():
 @pytest.mark.parametrize("state, problem", [
     ({"tokens_seen": 0, "config": {}}, "lacks step"),
     ({"step": 3, "config": {}}, "lacks tokens_seen"),
-    ({"step": "3", "tokens_seen": 0, "config": {}}, "has step '3', not a count of steps"),
-    ({"step": 3, "tokens_seen": 0, "config": []}, "has a config that is not a JSON object"),
+    ({"step": "3", "tokens_seen": 0, "config": {}}, 'has step = "3", not a count'),
+    ({"step": 3, "tokens_seen": 0, "config": []}, "has config = [], not an object"),
     ([1, 2], "is a list, not a JSON object"),
+    # wrong types behind a matching checksum (issue 17): each was a TypeError or AttributeError in the loop
+    ({"step": 3, "tokens_seen": "abc", "config": {}}, 'has tokens_seen = "abc", not a count'),
+    ({"step": -1, "tokens_seen": 0, "config": {}}, "has step = -1, not a count"),
+    ({"step": True, "tokens_seen": 0, "config": {}}, "has step = true, not a count"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "best_val_loss": "x"}, 'has best_val_loss = "x", not a number'),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "val_loss": {}}, "has val_loss = {}, not a number or null"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "loader": 5}, "has loader = 5, not an object or null"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "guard": [1]}, "has guard = [1], not an object or null"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "tokenizer": 3}, "has tokenizer = 3, not an object or null"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "world_size": "2"}, 'has world_size = "2", not a count'),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "world_size": 0}, "has world_size 0, not a number of processes"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "loader": {"pos": "x"}}, 'has loader.pos = "x", not a count'),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "loader": {"growth": [5]}},
+     "has loader.growth holding other things than pairs of counts"),
+    ({"step": 3, "tokens_seen": 0, "config": {}, "guard": {"window": ["a"]}},
+     "has guard.window holding other things than numbers"),
 ])
 def test_malformed_states_say_what_is_wrong(state, problem):
     with pytest.raises(ValueError) as info:
@@ -112,4 +128,4 @@ def test_a_state_json_without_its_step_is_one_clear_error(tmp_path, char_data):
     (path / "COMPLETE").write_text(json.dumps(marker))
     with pytest.raises(UserError) as info:
         train(tiny_config(char_data, run, max_iters=4, init_from="resume", **FIXED))
-    assert str(info.value) == f"checkpoint {path}: state.json lacks step"
+    assert str(info.value) == f"init_from=resume: {run} has no valid checkpoint: {path.name} (state.json lacks step)"

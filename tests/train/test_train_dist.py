@@ -43,7 +43,7 @@ def cli_args(**overrides) -> list[str]:
     return [f"--{k}={v}" for k, v in cfg.items() if k not in skip]
 
 
-def torchrun(data, out, nproc=2, env=None, wait=True, **overrides):
+def torchrun(data, out, nproc=2, env=None, wait=True, code=0, **overrides):
     """`gptforge train` under torchrun (through tests/dist_worker.py); --standalone picks a free port."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", str(WORKER),
            "train", f"--data={data}", f"--out={out}", *cli_args(**overrides)]
@@ -53,7 +53,7 @@ def torchrun(data, out, nproc=2, env=None, wait=True, **overrides):
     if not wait:
         return proc
     out_text, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, out_text[-4000:]
+    assert (proc.returncode != 0 if code else proc.returncode == 0), out_text[-4000:]
     return out_text
 
 
@@ -175,7 +175,9 @@ def test_skip_and_stop_decisions_agree_across_ranks(tmp_path, char_data):
         dtype="float16",
         spike_sigma=0,
         env={"GPTFORGE_TEST_PARAMS": str(dump), "GPTFORGE_TEST_FAULT": "1:2:overflow,1:4:nan,1:5:sigterm"},
+        code=143,  # each rank exits 143 after the save: the job was stopped by a signal
     )
+    assert "exitcode  : 143" in output
     # DDP averages the gradients before the scaler looks: rank 0 sees rank 1's inf and skips too
     assert "step 2: fp16 overflow, step skipped; loss scale 65536 -> 32768" in output
     # the loss is all-reduced before the guard looks: rank 0 sees rank 1's NaN
@@ -246,7 +248,8 @@ def test_sigint_to_torchrun_and_its_workers_saves_and_stops_every_rank(tmp_path,
     end = list(records(run, "end").values())
     assert len(end) == 1 and end[0]["reason"] == "signal SIGINT"
     assert load_checkpoint(latest_checkpoint(run))["state"]["step"] == end[0]["step"]
-    assert "gptforge train: interrupted" not in out
+    assert "gptforge train: interrupted\n" not in out  # (the line of a second Ctrl-C, which aborts)
+    assert "gptforge train: interrupted (signal SIGINT) after saving the checkpoint" in out and proc.returncode != 0
 
 
 @pytest.mark.slow  # torchrun ends the job as for the killed rank above; this adds the traceback

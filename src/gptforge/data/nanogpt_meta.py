@@ -9,6 +9,8 @@ from pathlib import Path
 
 from gptforge.errors import UserError
 
+MAX_VOCAB = 1 << 16  # nanoGPT writes train.bin / val.bin as uint16
+
 
 class _PlainUnpickler(pickle.Unpickler):
     """Builds only what pickle's own opcodes build (dicts, strings, numbers, lists, tuples) plus the
@@ -39,6 +41,9 @@ def read_meta_pkl(path) -> dict:
     vocab = meta.get("vocab_size")
     if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab <= 0:
         raise UserError(f"{path}: 'vocab_size' must be a positive integer, got {vocab!r}")
+    if vocab > MAX_VOCAB:  # e.g. 10^12 would have the model allocate its embedding: 512 TB
+        raise UserError(f"{path}: 'vocab_size' is {vocab:,}, but nanoGPT's .bin files hold uint16 token ids, so a "
+                        f"vocabulary has at most {MAX_VOCAB:,} entries")
     itos, stoi = meta.get("itos"), meta.get("stoi")
     if itos is not None:
         if not isinstance(itos, dict) or sorted(itos) != list(range(len(itos))) or \

@@ -16,10 +16,11 @@ import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from gptforge.data.hf_tokenizer import write_hf_tokenizer
 from gptforge.errors import UserError
-from gptforge.fsutil import building_dir
+from gptforge.fsutil import WriteFailed, building_dir, write_failure_line
 from gptforge.interop import hf_modern
 from gptforge.interop.hf import (
     MODERN_CODE,
@@ -32,7 +33,7 @@ from gptforge.interop.hf import (
 )
 from gptforge.interop.model_card import model_card
 from gptforge.model.gpt import GPT
-from gptforge.train.checkpoint import latest_checkpoint
+from gptforge.train.checkpoint import CHECKPOINTS, step_name, write_error
 from gptforge.train.runs import load_run
 
 TOLERANCE = 1e-5  # transformers' logits against gptforge's, fp32
@@ -79,6 +80,9 @@ def _check_export(model: GPT, tmp: Path) -> str:
     idx = torch.arange(min(model.cfg.block_size, 64)).remainder(model.vocab_size)[None]
     with torch.no_grad():
         want = model.to("cpu").eval()(idx)[0][..., :model.vocab_size]
+        if not torch.isfinite(want).all():  # the checkpoint's fault, not the export's: no file could match NaN
+            raise UserError("the checkpoint's weights compute non-finite logits (NaN or inf), so the model is not "
+                            "usable; export an earlier checkpoint (remove the newer ones from the run's checkpoints/)")
         got = _read_back(tmp, model.cfg.arch).eval()(idx)[0][..., :model.vocab_size]
     if not torch.equal(want, got):
         raise RuntimeError("exported weights do not reproduce the model's logits")  # a bug, not a user error
@@ -118,17 +122,24 @@ def export_command(run_dir, fmt: str = "hf", out: str | os.PathLike = "", push_t
         from gptforge.interop.push import check_repo_id
 
         check_repo_id(push_to_hub)
-    model, tokenizer, state = load_run(run_dir, torch.device("cpu"))
-    path = latest_checkpoint(run_dir)
-    with building_dir(out) as tmp:
-        if tokenizer is not None:
-            tokenizer_note = write_hf_tokenizer(tokenizer, tmp, model.cfg.block_size)
-        else:
-            tokenizer_note = "no tokenizer (the run has no tokenizer/ directory)"
-        what = _write_model(model, tmp, tokenizer.eot_id if tokenizer is not None else None)
-        (tmp / "README.md").write_text(model_card(run_dir, state, model.num_params(), tokenizer_note, push_to_hub),
-                                       encoding="utf-8")
-        checked = _check_export(model, tmp)
+    model, tokenizer, state = load_run(run_dir, torch.device("cpu"))  # the newest valid checkpoint
+    path = run_dir / CHECKPOINTS / step_name(state["step"])
+    try:
+        with building_dir(out) as tmp:
+            if tokenizer is not None:
+                tokenizer_note = write_hf_tokenizer(tokenizer, tmp, model.cfg.block_size)
+            else:
+                tokenizer_note = "no tokenizer (the run has no tokenizer/ directory)"
+            what = _write_model(model, tmp, tokenizer.eot_id if tokenizer is not None else None)
+            (tmp / "README.md").write_text(model_card(run_dir, state, model.num_params(), tokenizer_note,
+                                                      push_to_hub), encoding="utf-8")
+            checked = _check_export(model, tmp)
+    except (OSError, SafetensorError) as e:  # disk full, quota, read-only: building_dir removed the partial folder
+        error = write_error(e, out, 4 * model.num_params())
+        if error is None:
+            raise
+        raise UserError(f"{write_failure_line(WriteFailed(out, error), 4 * model.num_params())}; nothing was left "
+                        "behind") from None
     print(f"exported {path} ({model.num_params():,} parameters) to {out} as {what}; {tokenizer_note}; {checked}")
     if push_to_hub is not None:
         from gptforge.interop.push import push

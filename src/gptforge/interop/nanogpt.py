@@ -26,7 +26,7 @@ from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text, building_dir
 from gptforge.interop.nanogpt_config import SHARED_KEYS
 from gptforge.model.gpt import GPT
-from gptforge.train.checkpoint import save_checkpoint
+from gptforge.train.checkpoint import save_checkpoint, unsafe_load_reason
 from gptforge.train.state import TrainState, dataset_entry
 
 
@@ -42,8 +42,8 @@ def _load_ckpt(path: Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)  # never runs pickled code
     except Exception as e:  # noqa: BLE001 - weights_only raises several types; all mean "not plain data"
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path}: refused to load: it is not a plain tensor checkpoint ({first})") from None
+        raise UserError(f"{path}: refused to load: it is not a plain tensor checkpoint ({unsafe_load_reason(e)})") \
+            from None
     if not isinstance(ckpt, dict) or not {"model", "model_args"} <= set(ckpt):
         raise UserError(f"{path} is not a nanoGPT checkpoint (a dict with 'model' and 'model_args')")
     return ckpt

@@ -6,8 +6,14 @@ It is written into a temporary directory, synced, then renamed into place, so a 
 leaves either no new checkpoint or a complete one. Only directories whose marker matches their files
 count. Loading never executes pickled code (safetensors, torch.load(weights_only=True), JSON).
 
-Disk-full policy: if saving fails (ENOSPC or any other OS error) the partial directory is removed,
-nothing older is purged, and a UserError stops the run, naming the checkpoint that is still intact.
+Disk-full policy: if saving fails (ENOSPC or any other OS error, also when safetensors or torch's zip writer
+reports it in their own words) the partial directory is removed, nothing older is purged, and a UserError stops
+the run in one line: the path, the bytes needed and free, and the checkpoint that is still intact.
+Non-finite weights are never saved as a checkpoint (the run stops naming the last finite one).
+
+Readers take the newest checkpoint that verifies (`newest_valid`) and say which newer ones they skipped and why.
+Retention renames a directory to a temporary name before deleting it, so a kill during retention leaves only a
+temporary, which the next start removes (`remove_leftovers`, with half-deleted step directories of older versions).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import errno
 import json
 import os
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -24,13 +31,25 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gptforge.errors import UserError
-from gptforge.fsutil import atomic_write_text, fsync_dir, sha256_file
+from gptforge.fsutil import (
+    WriteFailed,
+    atomic_write_text,
+    free_bytes,
+    fsync_dir,
+    sha256_file,
+    write_failure_line,
+    writing,
+)
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
 BEST = "BEST"  # names the step directory with the best val loss; kept by retention
 FILES = ("model.safetensors", "optimizer.pt", "train_state.pt", "state.json")
 TMP_PREFIX = ".tmp_"
+
+
+class NonFiniteState(UserError):
+    """Weights or optimizer state with NaN or inf: refused as a checkpoint."""
 
 
 def step_name(step: int) -> str:
@@ -71,11 +90,20 @@ def _write_files(tmp: Path, model_state: dict, optimizer_state: dict, extra_tens
 
 def save_checkpoint(run_dir, step: int, *, model_state: dict, optimizer_state: dict, extra_tensors: dict,
                     state: dict, keep_last: int, is_best: bool) -> Path:
-    """Write checkpoint `step` atomically, then apply retention (keep_last newest + the best)."""
+    """Write checkpoint `step` atomically, then apply retention (keep_last newest + the best).
+
+    Refuses (UserError, nothing written) weights or optimizer state holding NaN or inf."""
     if keep_last < 2:
         raise UserError(f"keep_last must be at least 2 (got {keep_last}): the newest checkpoint may be half-written")
     root = Path(run_dir) / CHECKPOINTS
     final = root / step_name(step)
+    bad = non_finite(model_state, "weights") or non_finite(optimizer_state, "optimizer state")
+    if bad:
+        previous = latest_checkpoint(run_dir)
+        last = f"the last checkpoint, {previous}, holds finite weights: continue from it with --init_from=resume " \
+               "after lowering the learning rate" if previous else "no earlier checkpoint exists"
+        raise NonFiniteState(f"stopped at step {step}: the {bad}, so they were not saved as a checkpoint (a too "
+                             f"high or non-finite learning rate, or gradients that overflowed, do this); {last}")
     tmp = root / f"{TMP_PREFIX}{step_name(step)}_{os.getpid()}"
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -90,19 +118,61 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, optimizer_state: d
         else:
             os.replace(tmp, final)
         fsync_dir(root)
-        if is_best:
-            atomic_write_text(root / BEST, final.name + "\n")
-    except OSError as e:
+    except (OSError, SafetensorError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        needed = _nbytes((model_state, optimizer_state, extra_tensors)) + 4096
+        error = write_error(e, final, needed)
+        if error is None:
+            raise  # not a write failure: a bug, with its traceback
         previous = latest_checkpoint(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        cause = "the disk is full" if e.errno in (errno.ENOSPC, errno.EDQUOT) else f"{e.strerror or e}"
-        raise UserError(
-            f"could not save checkpoint {final}: {cause}; {kept}, nothing was deleted; the run stops here "
-            "(free space, then continue with --init_from=resume)"
-        ) from None
+        line = write_failure_line(WriteFailed(final, error), needed)
+        raise UserError(f"{line}; {kept}, nothing was deleted; the run stops here (free space, then continue with "
+                        "--init_from=resume)") from None
+    if is_best:
+        with writing(root / BEST, len(final.name) + 1):  # (the checkpoint itself is complete by now)
+            atomic_write_text(root / BEST, final.name + "\n")
     _apply_retention(root, keep_last)
     return final
+
+
+def write_error(e: BaseException, path: Path, needed: int) -> OSError | None:
+    """The OS error behind a failed write, or None when `e` is not one (a bug). safetensors says "... (os error
+    28)"; torch's zip writer only says "unexpected pos" (the errno is lost): less free space than the checkpoint
+    needs means the disk was full."""
+    if isinstance(e, OSError):
+        return e
+    found = re.search(r"os error (\d+)", str(e))
+    if found:
+        return OSError(int(found.group(1)), os.strerror(int(found.group(1))))
+    free = free_bytes(path.parent)
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if free is not None and free < needed else None
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in a nested structure (about the size of the files they become)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def non_finite(obj, what: str, prefix: str = "") -> str | None:
+    """'weights hold N non-finite values in NAME' for the first floating tensor with NaN or inf; None if all finite."""
+    if isinstance(obj, torch.Tensor):
+        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
+            count = int((~torch.isfinite(obj)).sum())
+            return f"{what} hold {count:,} non-finite value(s) in {prefix or 'a tensor'} ({obj.numel():,} values)"
+        return None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for key, value in items:
+        bad = non_finite(value, what, f"{prefix}.{key}" if prefix else str(key))
+        if bad:
+            return bad
+    return None
 
 
 def _remove_stale_temporaries(root: Path) -> None:
@@ -127,7 +197,36 @@ def _apply_retention(root: Path, keep_last: int) -> None:
         keep.add(best)
     for p in complete:
         if p.name not in keep:
-            shutil.rmtree(p, ignore_errors=True)
+            _delete(p)
+
+
+def _delete(path: Path) -> None:
+    """Rename first (atomic), then delete: a kill in between leaves a temporary, never a half-deleted step_*."""
+    doomed = path.with_name(f"{TMP_PREFIX}del_{path.name}_{os.getpid()}")
+    os.replace(path, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(run_dir) -> list[str]:
+    """At the start of a run (its writer holds the lock): remove temporaries of interrupted saves and retentions,
+    and step directories older than the newest complete checkpoint that lack their marker or a file (what an
+    interrupted retention of an earlier version left). One line per thing removed."""
+    root = Path(run_dir) / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    removed = [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_dir()]
+    latest = latest_checkpoint(run_dir)
+    if latest is not None:
+        newest = int(latest.name[5:])
+        removed += [p for p in _step_dirs(root) if int(p.name[5:]) < newest and _half_deleted(p)]
+    for p in removed:
+        shutil.rmtree(p, ignore_errors=True)
+    return [f"removed {p} (left by an interrupted save or retention)" for p in removed]
+
+
+def _half_deleted(path: Path) -> bool:
+    problem = check_marker(path)
+    return problem is not None and (problem.startswith("no valid") or problem.endswith("is missing"))
 
 
 def _step_dirs(root: Path) -> list[Path]:
@@ -197,8 +296,45 @@ def load_checkpoint(path, weights: bool = True) -> dict:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (SafetensorError, pickle.UnpicklingError, OSError, ValueError, RuntimeError) as e:
         # weights_only refuses anything that would run code; report it as a bad file, not a traceback
-        raise UserError(f"checkpoint {path} could not be read safely: {str(e).splitlines()[0]}") from None
+        raise UserError(f"checkpoint {path} could not be read safely: {unsafe_load_reason(e)}") from None
     return {"model": model, "optimizer": optimizer, "tensors": tensors, "state": state}
+
+
+def unsafe_load_reason(e: BaseException) -> str:
+    """torch.load(weights_only=True)'s refusal in a few words: what the file asks for. (torch's own message
+    suggests weights_only=False, i.e. running the file's code: never repeat that.)"""
+    text = str(e)
+    asked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.search(r"Unsupported operand (\d+)", text)
+    if asked:
+        return f"it asks for {asked.group(1)}, which is not plain tensor data, and gptforge never runs a file's code"
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else type(e).__name__
+
+
+def newest_valid(run_dir, weights: bool = True) -> tuple[Path, dict, list[str]]:
+    """The newest checkpoint that is complete, matches its checksums, reads, holds a valid state.json and (with
+    weights) finite weights: (path, load_checkpoint's dict, one line per newer checkpoint skipped and why)."""
+    from gptforge.train.state import TrainState
+
+    run_dir = Path(run_dir)
+    dirs, skipped = list(reversed(_step_dirs(run_dir / CHECKPOINTS))), []
+    for path in dirs:
+        try:
+            loaded = load_checkpoint(path, weights)
+            bad = non_finite(loaded["model"], "weights") if weights else None
+            if bad:
+                raise UserError(f"checkpoint {path}: its {bad}")
+            TrainState.from_state_dict(loaded["state"])
+        except (UserError, ValueError) as e:
+            why = str(e).removeprefix(f"checkpoint {path}").lstrip(": ") if isinstance(e, UserError) \
+                else f"state.json {e}"
+            skipped.append((path, why))
+            continue
+        return path, loaded, [f"skipped checkpoint {p} ({why}); using {path.name}: delete {p} if you do not need it"
+                              for p, why in skipped]
+    if not skipped:
+        raise UserError(f"{run_dir} has no complete checkpoint (checkpoints/step_*/ with a {MARKER} marker)")
+    raise UserError(f"{run_dir} has no valid checkpoint: " + "; ".join(f"{p.name} ({why})" for p, why in skipped))
 
 
 def verify_run(run_dir) -> list[str]:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from gptforge.errors import UserError
+from gptforge.fsutil import writing
 
 
 @dataclass(kw_only=True)
@@ -159,7 +160,7 @@ class DataGrew(Event):
 @dataclass(kw_only=True)
 class End(Event):
     KIND: ClassVar[str] = "end"
-    reason: str  # max_iters, max_seconds, signal ..., nan
+    reason: str  # max_iters, max_seconds, signal ..., nan, checkpoint_failed (disk full, another OS error)
 
 
 KINDS: dict[str, type[Event]] = {cls.KIND: cls for cls in (Start, Log, Eval, Checkpoint, Spike, LevelShift, NanSkip,
@@ -202,6 +203,20 @@ def to_line(record: Event) -> str:
     return json.dumps(record.to_dict())
 
 
+def _drop_partial_line(path: Path) -> None:
+    """Cut a last line without its newline (a kill or a full disk in the middle of a write), so the next record
+    starts a line of its own instead of making one broken line of two."""
+    try:
+        with open(path, "rb+") as f:
+            start = max(0, f.seek(0, 2) - 65536)  # records are a few hundred bytes
+            f.seek(start)
+            tail = f.read()
+            if tail and not tail.endswith(b"\n"):
+                f.truncate(start + tail.rfind(b"\n") + 1)
+    except FileNotFoundError:
+        pass
+
+
 class MetricsLog:
     """RUN_DIR/metrics.jsonl (appended, one flushed line per event) plus the optional wandb/TensorBoard mirrors."""
 
@@ -212,8 +227,11 @@ class MetricsLog:
         self.file = None
         if run_dir is not None:
             run_dir.mkdir(parents=True, exist_ok=True)
+            self.path = run_dir / "metrics.jsonl"
+            if not fresh:
+                _drop_partial_line(self.path)
             # a new run starts the file over; a resumed one appends (readers take the last record per step)
-            self.file = open(run_dir / "metrics.jsonl", "w" if fresh else "a", encoding="utf-8")
+            self.file = open(self.path, "w" if fresh else "a", encoding="utf-8")
         self.wandb = self.tb = None
         if wandb_log:
             try:
@@ -238,8 +256,10 @@ class MetricsLog:
         if record.time is None:
             record = dataclasses.replace(record, time=round(time.time() - self.t0, 3))
         if self.file:
-            self.file.write(to_line(record) + "\n")
-            self.file.flush()  # a crash loses at most the line being written
+            line = to_line(record) + "\n"
+            with writing(self.path, len(line.encode())):  # disk full: one line from train, not a traceback
+                self.file.write(line)
+                self.file.flush()  # a crash loses at most the line being written
         if record.KIND not in ("log", "eval") or not (self.wandb or self.tb):
             return
         numeric = {k: v for k, v in record.fields().items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

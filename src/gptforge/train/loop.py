@@ -14,6 +14,7 @@ it together, and only rank 0 prints and writes.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from gptforge.data.dataset import dataset_tokenizer, open_dataset
 from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import UserError
 from gptforge.fmt import clock
-from gptforge.fsutil import atomic_write_text
+from gptforge.fsutil import WriteFailed, atomic_write_text, writing
 from gptforge.model.gpt import GPT
 from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
@@ -39,6 +40,7 @@ from gptforge.train.guard import LossGuard, StopFlag
 from gptforge.train.loader import TrainLoader
 from gptforge.train.optim import apply_lr, build_optimizer
 from gptforge.train.reports import log_step, nan_stop_message, report_step, start_lines, start_record
+from gptforge.train.rundir import sole_writer, write_failed
 from gptforge.train.samples import write_samples
 from gptforge.train.snapshot import Saver, check_resume, load_resume, restore
 from gptforge.train.state import TrainState, dataset_entry
@@ -54,10 +56,22 @@ def _resolve_model_config(cfg: Config, dataset) -> Config:
     return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=vocab))
 
 
+def _new_model(mc) -> GPT:
+    try:
+        return GPT(mc)
+    except (RuntimeError, MemoryError) as e:
+        if "alloc" not in str(e) and not isinstance(e, MemoryError):
+            raise
+        params = 12 * mc.n_layer * mc.n_embd ** 2 + mc.vocab_size * mc.n_embd
+        raise UserError(f"the model (n_layer {mc.n_layer}, n_embd {mc.n_embd}, vocab_size {mc.vocab_size}: about "
+                        f"{params / 1e9:,.1f}B parameters, {4 * params / 1e9:,.1f} GB in float32) does not fit in this "
+                        "machine's memory; choose a smaller one (`gptforge plan` shows what fits)") from None
+
+
 def _build_model(cfg: Config, dataset, pretrained: GPT | None) -> tuple[GPT, Config]:
     init = cfg.train.init_from
     if init in ("scratch", "resume"):
-        return GPT(cfg.model), cfg
+        return _new_model(cfg.model), cfg
     if pretrained is None:
         raise UserError(
             f"config key 'init_from': {init!r} is not 'scratch', 'resume' or a Hugging Face GPT-2 directory"
@@ -78,13 +92,16 @@ def train(cfg: Config, pretrained: GPT | None = None) -> dict:
     device = devices.resolve_device(cfg.train.device)
     created = dist.setup(device)
     try:
-        result = _train(cfg, device, pretrained)
+        with contextlib.ExitStack() as writer:  # RUN_DIR's lock, taken once the data and config are known
+            result = _train(cfg, device, pretrained, writer)
     except RuntimeError as e:
         lost = dist.lost_peer_error(e)
         if lost is None:
             raise
         created = False  # the group is broken; tearing it down could wait on the dead peer
         raise lost from None
+    except WriteFailed as e:  # disk full, quota, read-only: one line naming the path and what is still safe
+        raise write_failed(e, Path(cfg.train.out)) from None
     finally:
         dist.cleanup(created)
     return result
@@ -92,14 +109,17 @@ def train(cfg: Config, pretrained: GPT | None = None) -> dict:
 
 def _open_run_dir(run_dir: Path, cfg: Config, tokenizer: Tokenizer | None, launch: float, fresh: bool) -> MetricsLog:
     """RUN_DIR with the resolved config and the tokenizer; its metrics.jsonl (started over unless resuming)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+    text = to_toml(cfg)
+    with writing(run_dir / "config.toml", len(text.encode())):
+        atomic_write_text(run_dir / "config.toml", text)
     if tokenizer is not None:
-        tokenizer.save(run_dir / "tokenizer")
+        with writing(run_dir / "tokenizer"):
+            tokenizer.save(run_dir / "tokenizer")
     tc = cfg.train
-    return MetricsLog(run_dir, wandb_log=tc.wandb_log, wandb_project=tc.wandb_project,
-                      wandb_run_name=tc.wandb_run_name, tensorboard=tc.tensorboard, config=cfg.flat(), t0=launch,
-                      fresh=fresh)
+    with writing(run_dir / "metrics.jsonl"):
+        return MetricsLog(run_dir, wandb_log=tc.wandb_log, wandb_project=tc.wandb_project,
+                          wandb_run_name=tc.wandb_run_name, tensorboard=tc.tensorboard, config=cfg.flat(), t0=launch,
+                          fresh=fresh)
 
 
 def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: Console) -> bool:
@@ -111,7 +131,7 @@ def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: C
     return wanted and not fsdp
 
 
-def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
+def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: contextlib.ExitStack) -> dict:
     tc, oc = cfg.train, cfg.optim
     launch = time.time()
     # ---------------------------------------------------------------- processes and precision
@@ -134,7 +154,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     dataset = open_dataset(cfg.data.data)
     tokenizer, tokenizer_identity = dataset_tokenizer(dataset)
     cfg = _resolve_model_config(cfg, dataset)
-    resume = load_resume(run_dir, tc.init_from, fsdp)
+    writer.enter_context(sole_writer(run_dir, console))  # one `train` per RUN_DIR; leftovers of a kill removed
+    resume = load_resume(run_dir, tc.init_from, fsdp, console)
     moved = None
     if resume:
         changes = check_resume(resume.state, cfg, tokenizer_identity)
@@ -172,9 +193,11 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
     if resume:
         state = restore(resume, state, model=model, optimizer=optimizer, scaler=scaler, loader=loader, guard=guard,
                         fsdp=fsdp, device=device, seed=tc.seed, console=console, data_order=not moved.fresh_order)
-        if state.step >= max_iters:
-            raise UserError(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
-                            "pass a larger --max_iters (or --max_tokens) to continue")
+        if state.step >= max_iters:  # a finished run: say so, write nothing, exit 0
+            console.print(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
+                          "pass a larger --max_iters (or --max_tokens) to continue")
+            return {"step": state.step, "reason": "nothing to do", "best_val_loss": state.best_val_loss,
+                    "val_loss": state.val_loss, "run_dir": run_dir}
     resumed_at = state.step if resume else None
     # after the data grew or changed, the checkpoint itself is measured on the new val split first: the "before"
     # that later evals (and diagnose) compare with, on the same val tokens
@@ -260,7 +283,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
                 cfg = fit.applied(cfg)
                 state.config = cfg.flat()
                 if main:
-                    atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+                    with writing(run_dir / "config.toml"):
+                        atomic_write_text(run_dir / "config.toml", to_toml(cfg))
             state.step += 1
             state.tokens_seen += cfg.tokens_per_iter
             dt = time.time() - t0
@@ -269,11 +293,11 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None) -> dict:
 
             report_step(result, guard, tc.skip_spikes, console, log)  # about `step`, the step that went wrong
             if result.outcome is Outcome.NAN_SKIPPED and guard.consecutive >= tc.max_nan_skips:
-                saver.save(state, is_best=False)
+                saved = saver.save(state, is_best=False)  # (refused, and the run stops, if the weights are not finite)
                 if log:
                     log.write(End(step=state.step, reason="nan"))
                     log.close()
-                raise UserError(nan_stop_message(state.step, guard, oc.learning_rate, run_dir))
+                raise UserError(nan_stop_message(state.step, guard, oc.learning_rate, saved or run_dir / "checkpoints"))
             if state.step % tc.log_interval == 0 and result.outcome is not Outcome.NAN_SKIPPED:
                 record, line = log_step(result, start, state.step, state.tokens_seen, loader.epoch_float,
                                         optimizer.param_groups[0]["lr"], dt, gpu=device.type == "cuda")

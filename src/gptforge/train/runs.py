@@ -1,8 +1,9 @@
-"""A run directory read back: the model of one of its complete checkpoints (the latest unless asked), and its
-tokenizer. The checkpoint may be named by RUN_DIR and a step, or given as RUN_DIR/checkpoints/step_N."""
+"""A run directory read back: the model of one of its checkpoints (the newest that verifies unless one is named),
+and its tokenizer. The checkpoint may be named by RUN_DIR and a step, or given as RUN_DIR/checkpoints/step_N."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -11,7 +12,14 @@ from gptforge.config import build_config
 from gptforge.data.tokenizers import load_tokenizer
 from gptforge.errors import UserError
 from gptforge.model.gpt import GPT
-from gptforge.train.checkpoint import CHECKPOINTS, check_marker, latest_checkpoint, load_checkpoint, step_name
+from gptforge.train.checkpoint import (
+    CHECKPOINTS,
+    check_marker,
+    latest_checkpoint,
+    load_checkpoint,
+    newest_valid,
+    step_name,
+)
 
 
 def _is_step_dir(path: Path) -> bool:
@@ -50,14 +58,28 @@ def find_checkpoint(path, step: int | None = None) -> tuple[Path, Path]:
 
 
 def load_run(path, device: torch.device, step: int | None = None):
-    """(model in eval mode on `device`, tokenizer or None, checkpoint state) of the checkpoint `find_checkpoint`
-    picks."""
-    run_dir, path = find_checkpoint(path, step)
-    ckpt = load_checkpoint(path)
+    """(model in eval mode on `device`, tokenizer or None, checkpoint state): of the checkpoint named (by `step` or
+    a step_N path), else of the newest that verifies; a newer one that does not (corrupt, non-finite weights) is
+    skipped with a line on stderr."""
+    path = Path(path)
+    if step is not None or _is_step_dir(path):
+        run_dir, path = find_checkpoint(path, step)
+        ckpt = load_checkpoint(path)
+    else:
+        if not path.is_dir():
+            raise UserError(f"run directory {path} does not exist")
+        run_dir = path
+        path, ckpt, skipped = newest_valid(run_dir)
+        for line in skipped:
+            print(line, file=sys.stderr)
     saved = ckpt["state"]["config"]
     cfg = build_config({k: v for k, v in saved.items() if v is not None}, where=str(path / "state.json"))
     model = GPT(cfg.model)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:  # shapes that do not fit: a state.json edited after the save
+        raise UserError(f"checkpoint {path}: its weights do not fit the model its state.json describes "
+                        f"({str(e).strip().splitlines()[-1].strip()})") from None
     model.to(device).eval()
     tok_dir = run_dir / "tokenizer"
     tokenizer = load_tokenizer(tok_dir) if tok_dir.is_dir() else None

@@ -8,6 +8,7 @@ gathers the model and optimizer to rank 0 (FSDP: from every rank's shards), whic
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -16,10 +17,17 @@ import torch
 
 from gptforge.config import Config, diff_configs
 from gptforge.errors import UserError
+from gptforge.fsutil import WriteFailed
 from gptforge.train import dist, parallel
-from gptforge.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from gptforge.train.checkpoint import (
+    NonFiniteState,
+    latest_checkpoint,
+    load_checkpoint,
+    newest_valid,
+    save_checkpoint,
+)
 from gptforge.train.console import Console
-from gptforge.train.events import Checkpoint, MetricsLog
+from gptforge.train.events import Checkpoint, End, MetricsLog
 from gptforge.train.guard import LossGuard
 from gptforge.train.loader import TrainLoader
 from gptforge.train.state import TrainState
@@ -39,22 +47,34 @@ class Resume:
     tensors: dict  # RNG streams, the fp16 scaler
 
 
-def load_resume(run_dir: Path, init_from: str, fsdp: bool) -> Resume | None:
-    """The latest complete checkpoint of `run_dir` when init_from is resume (None for a fresh run); refuses a
-    fresh run into a directory that already holds one."""
+def load_resume(run_dir: Path, init_from: str, fsdp: bool, console: Console) -> Resume | None:
+    """The newest valid checkpoint of `run_dir` when init_from is resume (None for a fresh run), saying which newer
+    ones it skipped; refuses a fresh run into a directory that already holds one."""
     main = dist.is_main()
-    path = dist.broadcast_object(latest_checkpoint(run_dir) if main else None)  # every rank loads rank 0's choice
     if init_from != "resume":
+        path = dist.broadcast_object(latest_checkpoint(run_dir) if main else None)
         if path is not None:
             raise UserError(f"{run_dir} already holds a run (checkpoint {path.name}); continue it with "
                             "--init_from=resume, or choose another --out")
         return None
-    if path is None:
-        raise UserError(f"init_from=resume: no complete checkpoint in {run_dir / 'checkpoints'}")
-    if not path.is_dir():
+    found = None
+    if main:
+        try:
+            found = newest_valid(run_dir, weights=True)
+        except UserError as e:
+            found = e
+    path = dist.broadcast_object(found[0] if isinstance(found, tuple) else found)  # every rank loads rank 0's choice
+    if isinstance(path, UserError):
+        raise UserError(f"init_from=resume: {path}")
+    if main:
+        loaded = found[1]
+        for line in found[2]:
+            console.print(line)
+    elif not path.is_dir():
         raise UserError(f"rank {dist.rank()} cannot see {path}, the checkpoint rank 0 resumes from: a multi-machine "
                         "run needs --out on a filesystem that every machine shares")
-    loaded = load_checkpoint(path, weights=main or not fsdp)  # FSDP: rank 0 reads, then broadcasts
+    else:
+        loaded = load_checkpoint(path, weights=not fsdp)  # FSDP: rank 0 reads, then broadcasts
     try:
         state = TrainState.from_state_dict(loaded["state"])
     except ValueError as e:
@@ -133,7 +153,8 @@ class Saver:
     console: Console
     log: MetricsLog | None  # rank 0's
 
-    def save(self, state: TrainState, is_best: bool) -> None:
+    def save(self, state: TrainState, is_best: bool) -> Path | None:
+        """The checkpoint's path (on rank 0; None on the others)."""
         t0 = time.time()
         state = dataclasses.replace(state, epoch=self.loader.epoch_float, loader=self.loader.state_dict(),
                                     guard=self.guard.state_dict())
@@ -146,12 +167,25 @@ class Saver:
         main = dist.is_main()
         model_state = parallel.model_state(self.model, self.fsdp) if main or self.fsdp else None
         optimizer_state = parallel.optimizer_state(self.model, self.optimizer, self.fsdp) if main or self.fsdp else None
+        path, failure = None, None
         if main:
-            path = save_checkpoint(self.run_dir, state.step, model_state=model_state, optimizer_state=optimizer_state,
-                                   extra_tensors=extra, state=state.state_dict(), keep_last=self.keep_last,
-                                   is_best=is_best)
+            try:  # refused: disk full, another OS error, non-finite weights (one line each)
+                path = save_checkpoint(self.run_dir, state.step, model_state=model_state,
+                                       optimizer_state=optimizer_state, extra_tensors=extra, state=state.state_dict(),
+                                       keep_last=self.keep_last, is_best=is_best)
+            except UserError as e:
+                failure = ("nan" if isinstance(e, NonFiniteState) else "checkpoint_failed", str(e))
+        failure = dist.broadcast_object(failure)  # every rank stops together rather than wait on rank 0
+        if failure:
+            if self.log:
+                with contextlib.suppress(OSError, WriteFailed):  # (on a full disk, the line above is what matters)
+                    self.log.write(End(step=state.step, reason=failure[0]))
+                    self.log.close()
+            raise UserError(failure[1])
+        if main:
             seconds = time.time() - t0
             self.console.print(f"saved checkpoint {path} in {seconds:.2f}s (not counted in iteration time)")
             if self.log:
                 self.log.write(Checkpoint(step=state.step, path=str(path), seconds=round(seconds, 3)))
         dist.barrier()
+        return path

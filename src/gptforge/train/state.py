@@ -10,10 +10,25 @@ a key this version does not know (a later version's) is kept and written back, n
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 
 REQUIRED = ("step", "tokens_seen", "config")  # without these a checkpoint cannot say where its run stands
+# The JSON types of each value (None: may be null); a state.json that fits its checksum but not these (edited by
+# hand, or by a buggy tool) is refused by name, never a TypeError deep inside the loop.
+NUMBER, COUNT = (int, float), int
+TYPES = {"step": COUNT, "tokens_seen": COUNT, "epoch": NUMBER, "config": dict, "tokenizer": (dict, None),
+         "loader": (dict, None), "guard": (dict, None), "best_val_loss": NUMBER, "val_loss": (*NUMBER, None),
+         "world_size": COUNT, "dataset": (dict, None), "imported_from": (dict, None)}
+LOADER_TYPES = {"epoch": COUNT, "pos": COUNT, "micro_batches": COUNT, "seed": COUNT, "batch_size": COUNT,
+                "block_size": COUNT, "growth": list, "epoch_start_blocks": COUNT, "n_blocks": COUNT,
+                "train_tokens": COUNT, "train_shards": list}
+GUARD_TYPES = {"window": list, "nan_skips": COUNT, "consecutive": COUNT, "spikes": COUNT}
+ITEMS = {("loader", "growth"): ("pairs of counts", lambda v: isinstance(v, list) and len(v) == 2 and all(
+             type(x) is int and x >= 0 for x in v)),
+         ("loader", "train_shards"): ("file names", lambda v: isinstance(v, str)),
+         ("guard", "window"): ("numbers", lambda v: type(v) in (int, float))}
 
 
 @dataclass
@@ -48,10 +63,15 @@ class TrainState:
         missing = [k for k in REQUIRED if k not in state]
         if missing:
             raise ValueError(f"lacks {', '.join(missing)}")
-        if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
-            raise ValueError(f"has step {state['step']!r}, not a count of steps")
-        if not isinstance(state["config"], dict):
-            raise ValueError("has a config that is not a JSON object")
+        _check_types(state, TYPES, "")
+        for name, types in (("loader", LOADER_TYPES), ("guard", GUARD_TYPES)):
+            if state.get(name) is not None:
+                _check_types(state[name], types, f"{name}.")
+        for (name, key), (what, fits) in ITEMS.items():
+            if not all(fits(v) for v in (state.get(name) or {}).get(key, [])):
+                raise ValueError(f"has {name}.{key} holding other things than {what}")
+        if state.get("world_size", 1) < 1:
+            raise ValueError(f"has world_size {state['world_size']}, not a number of processes")
         names = [f.name for f in dataclasses.fields(self) if f.name != "extra"]
         for name in names:
             if name in state:
@@ -63,6 +83,23 @@ class TrainState:
         out = cls()
         out.load_state_dict(state)
         return out
+
+
+def _check_types(values: dict, types: dict, prefix: str) -> None:
+    """ValueError naming the first value of `values` whose type is not the one `types` gives its key."""
+    for key, allowed in types.items():
+        if key not in values:
+            continue
+        value, allowed = values[key], allowed if isinstance(allowed, tuple) else (allowed,)
+        ok = (value is None and None in allowed) or (isinstance(value, tuple(t for t in allowed if t is not None))
+                                                      and not isinstance(value, bool))
+        if ok and allowed == (int,) and value < 0:
+            ok = False  # every count here is >= 0
+        if not ok:
+            names = {int: "a count" if float not in allowed else "", float: "a number", dict: "an object",
+                     list: "a list", None: "null"}
+            want = " or ".join(names[t] for t in allowed if names[t])
+            raise ValueError(f"has {prefix}{key} = {json.dumps(value)[:40]}, not {want}")
 
 
 def dataset_entry(dataset) -> dict:

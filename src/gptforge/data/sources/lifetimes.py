@@ -5,7 +5,10 @@
   on a queue whose write end they hold themselves, and the others wait for the workers. Each worker now
   watches a pipe whose only write end is the parent's: when the parent is gone, the pipe says EOF and
   the worker exits; the forkserver and the resource tracker follow by themselves. Workers ignore SIGINT:
-  Ctrl-C reaches the whole process group, and the parent decides what an interrupt means.
+  Ctrl-C reaches the whole process group, and the parent decides what an interrupt means. They are born
+  with SIGINT blocked (the forkserver is started with it blocked, and its children inherit the mask), so a
+  Ctrl-C while the forkserver or a worker is still starting cannot kill it: one that did broke the pool,
+  and shutting a broken pool down with tasks queued could hang for good (seen as a flaky test under load).
 - parallel_bz2: indexed_bzip2 runs C++ threads. A Python thread still inside its read() when the
   interpreter finalizes is ended from inside C++, which aborts the process ("terminate called without
   an active exception", after prepare had printed "interrupted"). At exit, readers are closed once the
@@ -29,9 +32,9 @@ from typing import Iterator
 def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
     """A process pool (forkserver: forking a process that runs threads is unsafe) whose workers die with us."""
     context = get_context("forkserver")
+    _start_forkserver()
     lifeline, held = context.Pipe(duplex=False)  # workers read; only this process holds the write end
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_start_worker,
-                               initargs=(lifeline,))
+    pool = _Pool(max_workers=workers, mp_context=context, initializer=_start_worker, initargs=(lifeline,))
     try:
         yield pool
     finally:
@@ -40,8 +43,47 @@ def worker_pool(workers: int) -> Iterator[ProcessPoolExecutor]:
         held.close()
 
 
+class _Pool(ProcessPoolExecutor):
+    def submit(self, *args, **kwargs):
+        # a submit may start a worker: a KeyboardInterrupt halfway would leave one the pool does not know, which
+        # outlives the pool's shutdown and then fails loudly when the parent is gone
+        with _sigint_deferred():
+            return super().submit(*args, **kwargs)
+
+
+@contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold a SIGINT that arrives inside until the end (Python runs signal handlers on the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(frame))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, pending[0])
+        elif pending and previous == signal.SIG_DFL:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _start_forkserver() -> None:
+    """Start the forkserver (if it is not running) with SIGINT blocked: it and every worker it forks inherit the
+    mask, so a SIGINT reaching them before they ignore it stays pending instead of raising KeyboardInterrupt."""
+    from multiprocessing import forkserver, resource_tracker
+
+    resource_tracker.ensure_running()  # first: it blocks SIGINT while it starts, then unblocks it (ours too)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
 def _start_worker(lifeline) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # (discards a SIGINT pending since the worker was born)
     threading.Thread(target=_exit_with_parent, args=(lifeline,), name="lifeline", daemon=True).start()
 
 
