@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import time
 from pathlib import Path
 
@@ -30,10 +31,11 @@ from gptforge.fsutil import WriteFailed, atomic_write_text, writing
 from gptforge.model.gpt import GPT
 from gptforge.train import devices, dist, hellaswag, parallel
 from gptforge.train.budget import plan_iters
-from gptforge.train.console import Console, eval_line, perplexity
+from gptforge.train.console import Console
 from gptforge.train.continuation import check_dataset, resumed_schedule
+from gptforge.train.eval_point import EvalPoint
 from gptforge.train.evalsets import eval_sets
-from gptforge.train.events import DataGrew, End, Eval, MetricsLog
+from gptforge.train.events import DataGrew, End, MetricsLog
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
@@ -44,7 +46,7 @@ from gptforge.train.rundir import sole_writer, write_failed
 from gptforge.train.samples import write_samples
 from gptforge.train.snapshot import Saver, check_resume, load_resume, restore
 from gptforge.train.state import TrainState, dataset_entry
-from gptforge.train.step import Outcome, evaluate, train_step
+from gptforge.train.step import Outcome, train_step
 
 
 def _resolve_model_config(cfg: Config, dataset) -> Config:
@@ -131,6 +133,29 @@ def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: C
     return wanted and not fsdp
 
 
+def _record_micro_batches(cfg: Config, state: TrainState, run_dir: Path | None) -> Config:
+    """After an out-of-memory retry: the smaller micro-batches go into the state and (rank 0) config.toml."""
+    state.config = cfg.flat()
+    if run_dir is not None:
+        with writing(run_dir / "config.toml"):
+            atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+    return cfg
+
+
+def _stop_for_nans(saver: Saver, state: TrainState, guard: LossGuard, log: MetricsLog | None, lr: float,
+                   run_dir: Path):
+    saved = saver.save(state, is_best=False)  # (refused, and the run stops, if the weights are not finite)
+    if log:
+        log.write(End(step=state.step, reason="nan"))
+        log.close()
+    raise UserError(nan_stop_message(state.step, guard, lr, saved or run_dir / "checkpoints"))
+
+
+def _outcome(state: TrainState, reason: str, run_dir: Path) -> dict:
+    return {"step": state.step, "reason": reason, "best_val_loss": state.best_val_loss, "val_loss": state.val_loss,
+            "run_dir": run_dir}
+
+
 def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: contextlib.ExitStack) -> dict:
     tc, oc = cfg.train, cfg.optim
     launch = time.time()
@@ -196,8 +221,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
         if state.step >= max_iters:  # a finished run: say so, write nothing, exit 0
             console.print(f"nothing to do: the checkpoint is at step {state.step} and max_iters is {max_iters}; "
                           "pass a larger --max_iters (or --max_tokens) to continue")
-            return {"step": state.step, "reason": "nothing to do", "best_val_loss": state.best_val_loss,
-                    "val_loss": state.val_loss, "run_dir": run_dir}
+            return _outcome(state, "nothing to do", run_dir)
     resumed_at = state.step if resume else None
     # after the data grew or changed, the checkpoint itself is measured on the new val split first: the "before"
     # that later evals (and diagnose) compare with, on the same val tokens
@@ -221,11 +245,14 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
             log.write(DataGrew(step=state.step, **loader.grew))
     feed = HostToDevice(device)  # pinned staging buffers on CUDA, reused every step
     saver = Saver(run_dir, tc.keep_last, model, optimizer, scaler, loader, guard, fsdp, device, console, log)
-    samples_on = _samples_on(cfg, tokenizer, fsdp, console)
     swag, swag_line = hellaswag.during_training(tc.hellaswag_interval, tc.eval_interval, tc.hellaswag_file,
                                                 tc.hellaswag_limit, tokenizer, cfg.model.vocab_size, device)
     if swag_line:
         console.print(swag_line)
+    samples = functools.partial(write_samples, model, tokenizer, tc.sample_prompts, tc.sample_tokens,
+                                run_dir=run_dir, device=device, autocast=autocast, console=console)
+    eval_point = EvalPoint(evals, model, eval_model, device, autocast, swag, console, log,
+                           samples if _samples_on(cfg, tokenizer, fsdp, console) else None)
 
     # ---------------------------------------------------------------- the loop
     stop = StopFlag(announce=main, second_sigint_aborts=not dist.launched_by_torchrun())
@@ -238,21 +265,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
             # eval (and sample, and save) every eval_interval steps, except the step a resume starts at
             due = (step % tc.eval_interval == 0 or last_step) and step != resumed_at
             if due or step == baseline_at:
-                t0 = time.time()
-                train_loss, state.val_loss, val_parts = evals.combine(evaluate(model, evals.splits, device,
-                                                                               eval_model, autocast))
-                scored = swag.score(model, device, autocast) if swag and swag.due(step, last_step) else None
-                seconds = time.time() - t0
-                console.print(eval_line(step, train_loss, state.val_loss, seconds, scored.short() if scored else "",
-                                        val_parts))
-                if log:
-                    log.write(Eval(step=step, tokens=state.tokens_seen, epoch=loader.epoch_float,
-                                   train_loss=train_loss, val_loss=state.val_loss, val_ppl=perplexity(state.val_loss),
-                                   eval_batches=evals.val_batches, seconds=round(seconds, 3), val_parts=val_parts,
-                                   **(scored.event_fields() if scored else {})))
-                if samples_on and due:
-                    write_samples(model, tokenizer, tc.sample_prompts, tc.sample_tokens, step, run_dir, device,
-                                  autocast, console)
+                eval_point.measure(state, loader.epoch_float, last_step, sample=due)
                 if step == baseline_at:
                     state.best_val_loss = state.val_loss  # another val split: its best starts here
                 is_best = state.val_loss < state.best_val_loss
@@ -280,11 +293,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                                 device=device, step_model=step_model, scaler=scaler, autocast=autocast,
                                 grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)
             if result.shrunk:  # out of memory: the run continues with smaller micro-batches; record them
-                cfg = fit.applied(cfg)
-                state.config = cfg.flat()
-                if main:
-                    with writing(run_dir / "config.toml"):
-                        atomic_write_text(run_dir / "config.toml", to_toml(cfg))
+                cfg = _record_micro_batches(fit.applied(cfg), state, run_dir if main else None)
             state.step += 1
             state.tokens_seen += cfg.tokens_per_iter
             dt = time.time() - t0
@@ -293,11 +302,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
 
             report_step(result, guard, tc.skip_spikes, console, log)  # about `step`, the step that went wrong
             if result.outcome is Outcome.NAN_SKIPPED and guard.consecutive >= tc.max_nan_skips:
-                saved = saver.save(state, is_best=False)  # (refused, and the run stops, if the weights are not finite)
-                if log:
-                    log.write(End(step=state.step, reason="nan"))
-                    log.close()
-                raise UserError(nan_stop_message(state.step, guard, oc.learning_rate, saved or run_dir / "checkpoints"))
+                _stop_for_nans(saver, state, guard, log, oc.learning_rate, run_dir)
             if state.step % tc.log_interval == 0 and result.outcome is not Outcome.NAN_SKIPPED:
                 record, line = log_step(result, start, state.step, state.tokens_seen, loader.epoch_float,
                                         optimizer.param_groups[0]["lr"], dt, gpu=device.type == "cuda")
@@ -312,5 +317,4 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
     if log:
         log.write(End(step=state.step, reason=reason))
         log.close()
-    return {"step": state.step, "reason": reason, "best_val_loss": state.best_val_loss, "val_loss": state.val_loss,
-            "run_dir": run_dir}
+    return _outcome(state, reason, run_dir)
