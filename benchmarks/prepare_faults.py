@@ -47,15 +47,16 @@ def race(text, work, i) -> str:
     base, a, b = (work / f"{name}{i}.txt" for name in ("base", "a", "b"))
     for path, n, start in ((base, 20, 0), (a, 40, 40_000), (b, 45, 120_000)):
         path.write_text(documents(text, n, start))
-    finish(gptforge("prepare", base, "--out", data, "--tokenizer", "char"))
-    procs = [gptforge("prepare", src, "--out", data, "--tokenizer", "char") for src in (a, b)]
+    finish(gptforge("prepare", base, "--out", data))
+    procs = [gptforge("prepare", src, "--out", data) for src in (a, b)]
     done = [(p.pid, *finish(p)) for p in procs]
     added = {20} | {n for (_, code, _, _), n in zip(done, (40, 45)) if code == 0}
     refused = [err for _, code, _, err in done if code != 0]
     named = all("pid" in err for err in refused)
     manifest = json.loads((data / "manifest.json").read_text())
     held = sum(s["documents"] for s in manifest["sources"])
-    missing = [name for name in manifest["shards"] if not (data / name).is_file()]
+    listed = [entry["file"] for split in manifest["shards"].values() for entry in split]
+    missing = [name for name in listed if not (data / name).is_file()]
     shutil.rmtree(data, ignore_errors=True)
     return f"{2 - len(refused)} added, {len(refused)} stopped naming the holder's pid: {named}; manifest holds " \
            f"every added document: {held == sum(added)}; listed shards missing: {len(missing)}"
