@@ -187,3 +187,24 @@ def test_export_to_an_unwritable_place_is_one_line(tiny_run, tmp_path, capsys):
                                   "(Permission denied)\n"
     finally:
         readonly.chmod(0o700)
+
+
+class _LoadingInterrupted:
+    """Stands in for gptforge.cli while it is still being imported when Ctrl-C arrives."""
+
+    def __getattr__(self, name):
+        raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("argv, line", [(["gptforge", "prepare", "x.txt"], "gptforge prepare: interrupted"),
+                                        (["gptforge"], "gptforge: interrupted")])
+def test_ctrl_c_while_the_modules_load_is_the_interrupted_line_and_exit_130(monkeypatch, capsys, argv, line):
+    """Before: a Ctrl-C in the first ~second of a command (torch importing) printed a KeyboardInterrupt traceback."""
+    import sys
+
+    from gptforge import entry
+
+    monkeypatch.setitem(sys.modules, "gptforge.cli", _LoadingInterrupted())
+    monkeypatch.setattr(sys, "argv", argv)
+    assert entry.main() == 130
+    assert capsys.readouterr().err == line + "\n"

@@ -18,7 +18,8 @@ ALLOWED = {
     "interop": {"data", "model", "train"},
     "commands": {"data", "model", "train", "analysis", "interop"},
     "cli": {"data", "model", "train", "analysis", "interop", "commands"},
-    "__main__": {"cli"},
+    "entry": {"cli"},
+    "__main__": {"entry"},
 }
 
 

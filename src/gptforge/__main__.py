@@ -1,4 +1,4 @@
 # `python -m gptforge ...` (what torchrun launches) behaves exactly like the `gptforge` script.
-from gptforge.cli import main
+from gptforge.entry import main
 
 raise SystemExit(main())
