@@ -12,9 +12,9 @@ from collections import defaultdict
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
 
-from gptforge.data import download as dl
+from gptforge.data.fetcher import RetryPolicy
 
-FAST = dl.RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, timeout=5.0, chunk=4096)
+FAST = RetryPolicy(attempts=4, base_delay=0.01, max_delay=0.05, timeout=5.0, chunk=4096)
 
 
 def payload(n: int, seed: int = 0) -> bytes:

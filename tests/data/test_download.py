@@ -23,6 +23,7 @@ import pytest
 
 from gptforge import cli
 from gptforge.data import download as dl
+from gptforge.data import fetcher
 from gptforge.errors import UserError
 
 from fake_http import FAST, Fake, Handler, payload
@@ -351,13 +352,13 @@ def test_gated_dataset_without_token_says_what_to_set(server, tmp_path):
 
 
 def test_token_goes_only_to_huggingface_or_the_mirror_and_only_over_https():
-    http = dl._Http(FAST, "https://hf-mirror.com", "tok")
+    http = fetcher.Http(FAST, "https://hf-mirror.com", "tok")
     assert http._auth("https://huggingface.co/datasets/x/resolve/main/a.parquet")
     assert http._auth("https://hf-mirror.com/datasets/x/a.parquet")
     assert not http._auth("https://cdn-lfs.hf.co/x")
     assert not http._auth("https://example.com/huggingface.co/a")
     assert not http._auth("http://huggingface.co/a")  # never in clear text
-    assert not dl._Http(FAST, None, None)._auth("https://huggingface.co/a")
+    assert not fetcher.Http(FAST, None, None)._auth("https://huggingface.co/a")
 
 
 def test_same_file_name_from_another_dataset_is_refused(servers, tmp_path):
@@ -387,7 +388,7 @@ class _FullDisk(io.FileIO):
 def test_disk_full_while_writing_is_one_clear_line_and_no_complete_looking_file(server, tmp_path, monkeypatch):
     fake, base = server
     fake.files["/f/s_0.bin"] = payload(20_000)
-    monkeypatch.setattr(dl, "open", lambda path, mode: _FullDisk(path, mode.replace("b", "")), raising=False)
+    monkeypatch.setattr(fetcher, "open", lambda path, mode: _FullDisk(path, mode.replace("b", "")), raising=False)
     with pytest.raises(UserError) as e:
         run(base + "/f/s_{index}.bin", tmp_path)
     assert str(e.value).startswith(f"{base}/f/s_0.bin: disk full while writing {tmp_path / '.s_0.bin.part'}")
@@ -397,7 +398,7 @@ def test_disk_full_while_writing_is_one_clear_line_and_no_complete_looking_file(
 def test_not_enough_free_space_is_refused_before_writing(server, tmp_path, monkeypatch):
     fake, base = server
     fake.files["/f/s_0.bin"] = payload(20_000)
-    monkeypatch.setattr(dl.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
+    monkeypatch.setattr(fetcher.shutil, "disk_usage", lambda p: type("U", (), {"free": 1000})())
     with pytest.raises(UserError) as e:
         run(base + "/f/s_{index}.bin", tmp_path)
     assert "disk full: s_0.bin needs 0.0 MB more, 0.0 MB free in" in str(e.value)
@@ -501,21 +502,21 @@ def test_redirect_to_anything_but_http_is_refused_and_nothing_is_written(server,
 def test_the_opener_itself_cannot_read_files(tmp_path):
     (tmp_path / "x").write_text("secret")
     with pytest.raises(urllib.error.URLError, match="unknown url type: file"):
-        dl._http_only_opener().open((tmp_path / "x").as_uri())
+        fetcher._http_only_opener().open((tmp_path / "x").as_uri())
 
 
 def test_redirects_are_followed_a_few_hops_then_refused(server, tmp_path):
     fake, base = server
     body = payload(5000)
     fake.files["/final/s_0.bin"] = body
-    for hop in range(dl.MAX_REDIRECTS):  # /f/s_0.bin -> /hop1 -> ... -> /final: MAX_REDIRECTS hops in all
+    for hop in range(fetcher.MAX_REDIRECTS):  # /f/s_0.bin -> /hop1 -> ... -> /final: MAX_REDIRECTS hops in all
         fake.redirects["/f/s_0.bin" if hop == 0 else f"/hop{hop}"] = (
-            f"/hop{hop + 1}" if hop + 1 < dl.MAX_REDIRECTS else "/final/s_0.bin")
+            f"/hop{hop + 1}" if hop + 1 < fetcher.MAX_REDIRECTS else "/final/s_0.bin")
     run(base + "/f/s_{index}.bin", tmp_path / "ok")
     assert (tmp_path / "ok" / "s_0.bin").read_bytes() == body
     fake.redirects["/loop"] = "/loop"
     fake.redirects["/f/s_1.bin"] = "/loop"
-    with pytest.raises(UserError, match=rf"s_1.bin: more than {dl.MAX_REDIRECTS} redirects \(the last to "):
+    with pytest.raises(UserError, match=rf"s_1.bin: more than {fetcher.MAX_REDIRECTS} redirects \(the last to "):
         run(base + "/f/s_{index}.bin", tmp_path / "loop", start=1)
     assert files_in(tmp_path / "loop") == set()
 
