@@ -91,6 +91,7 @@ def _check_export(model: GPT, tmp: Path) -> str:
     except ImportError:
         return "transformers is not installed here, so the export was not loaded with it"
     try:
+        getattr(transformers.utils.logging, "disable_progress_bar", lambda: None)()  # no "Loading weights" bar
         hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, trust_remote_code=model.cfg.arch == "modern")
         with torch.no_grad():
             theirs = hf.float().eval()(idx).logits
