@@ -93,6 +93,9 @@ def test_val_parts_are_the_val_documents_of_each_part(tmp_path):
 
 def test_part_names_come_from_the_sources_or_the_flag(tmp_path):
     assert derive_part_name(["/d/enwiki-1.xml.bz2", "/d/enwiki-2.xml.bz2"], ["wikipedia", "wikipedia"]) == "wikipedia"
+    # wikiextractor's output (extracted/AA/wiki_00, ...) is Wikipedia too, not a part named after the tool
+    wiki = [f"/home/u/extracted/A{c}/wiki_{i:02d}" for c in "AB" for i in range(3)]
+    assert derive_part_name(wiki, ["wikiextractor"] * 6) == "wikipedia"
     assert derive_part_name(["/x/tinyshakespeare.txt"], ["text"]) == "tinyshakespeare"
     shards = [f"/home/u/data/fineweb-edu/shard_{i:05d}.parquet" for i in range(3)]
     assert derive_part_name(shards, ["parquet"] * 3) == "fineweb-edu"
