@@ -74,6 +74,16 @@ def test_diagnose_the_real_cpu_log(real_log, capsys):
     assert (real_log.parent / "shakespeare-char-cpu.loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_diagnose_a_log_with_data_elsewhere_names_the_data(real_log, tmp_path, monkeypatch, capsys):
+    """--data from another working directory: the data family and the tokenizer come from that folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    d = diagnose_command(real_log, data=str(real_log.parent / "data" / "shakespeare_char"), out=str(tmp_path / "d"))
+    assert d.facts.epochs == pytest.approx(615_168 / 1_003_854)
+    assert "with the char tokenizer on shakespeare data" in capsys.readouterr().out
+
+
 def test_the_gpu_log_mfu_in_both_conventions(tmp_path, capsys):
     run, log = open_log(GPU_LOG, gpu="A100")
     assert run.start.world_size == 8  # nanoGPT's MFU is per process: the printed values imply 8
