@@ -33,8 +33,9 @@ def _clean(word: str) -> str:
 
 
 def derive_part_name(paths: list[str], kinds: list[str]) -> str:
-    """A short name for a part from its sources: 'wikipedia' for dumps and wikiextractor's output, else the files' common name
-    ('tinyshakespeare', 'enwiki-books'), else their folder's ('fineweb-edu' for shard_00000.parquet, ...)."""
+    """A short name for a part from its sources: 'wikipedia' for dumps and wikiextractor's output, else the
+    files' common name ('tinyshakespeare', 'enwiki-books'), else their folder's ('fineweb-edu' for
+    shard_00000.parquet, ...)."""
     if kinds and all(k in ("wikipedia", "wikiextractor") for k in kinds):
         return "wikipedia"
     stems = [os.path.basename(p).split(".")[0] for p in paths]
