@@ -2,6 +2,8 @@
 gap, a loss that blew up during warmup, spike reports that are a level shift after growth, and growths judged
 by the val split that can judge them. Each synthetic run reproduces a case a user met."""
 
+import math
+
 import pytest
 
 from gptforge.analysis.diagnose.report import diagnose_command
@@ -105,7 +107,7 @@ def test_per_part_val_shows_forgetting(tmp_path):
     assert "overfitting" not in d.kinds()
 
 
-def test_a_run_that_blew_up_at_once_and_froze_is_only_diverged(tmp_path):
+def test_a_run_that_blew_up_at_once_and_froze_is_only_diverged(tmp_path, capsys):
     """learning_rate=3 without clipping on a small dataset (walked in the issue-14 journey): the loss is 55 at
     the first logged step and 270 from then on (every update skipped: inf gradients), over 10 epochs. The
     diagnosis said the loss "fell to 55" and added "many epochs ... the loss has plateaued" to the divergence."""
@@ -122,3 +124,4 @@ def test_a_run_that_blew_up_at_once_and_froze_is_only_diverged(tmp_path):
     assert top.kind == "diverged" and "turn gradient clipping on (--grad_clip=1.0)" in top.advice
     assert top.evidence[0].startswith("the train loss was already 54.987 at step 10, the first logged step, then")
     assert {"data_limited", "plateau", "undertrained", "still_improving"}.isdisjoint(d.kinds())
+    assert f"(perplexity {math.exp(d.facts.val_now):.3g})" in capsys.readouterr().out  # not 117 digits
