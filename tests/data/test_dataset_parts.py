@@ -170,7 +170,11 @@ def test_identity_tells_same_grown_and_other_datasets_apart(tmp_path):
     first = open_dataset(data).identity
     assert compare_identity(first, open_dataset(twin).identity).relation == "same"  # same content, another folder
     check = compare_identity(first, open_dataset(other).identity)
-    assert check.relation == "other" and check.detail.startswith("version 1 has other content")
+    # (it named version 1 beside the train tokens of all versions: say which dataset each figure is of)
+    now = open_dataset(other).identity["train_tokens"]
+    assert check.relation == "other" and check.detail == (
+        f"its version 1 holds other data than the checkpoint's version 1 (the checkpoint's dataset: 1 version(s), "
+        f"{first['train_tokens']:,} train tokens; this one: 1 version(s), {now:,})")
     prepare([str(b)], data)
     grown = open_dataset(data).identity
     check = compare_identity(first, grown)
