@@ -12,6 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from gptforge.commands.inspection import inspect_command
 from gptforge.data import download as dl
 from gptforge.data.dataset import open_dataset
 from gptforge.data.encode import in_val
@@ -48,6 +49,14 @@ def test_an_added_part_gets_its_own_val_share_and_the_summary_says_so(tmp_path, 
     assert [p.name for p in parts] == ["plays", "sonnets"]
     assert f"val tokens per part: plays {parts[0].tokens:,} | sonnets {parts[1].tokens:,}" in out
     assert "val fraction 0.01" not in out
+    # inspect, too, says what each part got, not only the configured fraction
+    assert inspect_command(str(data)) == 0
+    out = capsys.readouterr().out
+    total = m["totals"]["val_tokens"] / m["totals"]["tokens"]
+    assert f"split hash, val fraction 0.01 per document and a minimum per part: val is {total:.2%} of the tokens" in out
+    assert (f"part 'sonnets', +1 sources -> {m['totals']['train_tokens']:,} train, {m['totals']['val_tokens']:,} val "
+            f"tokens; its val: {parts[1].tokens:,} tokens (hash split, topped up to the small-part minimum from "
+            "the end of the stream)") in out
 
 
 def test_a_part_too_small_for_any_val_is_warned_about(tmp_path, capsys):
