@@ -139,6 +139,12 @@ def test_plot_draws_a_nanogpt_log_beside_a_gptforge_run(real_log, tmp_path):
                       "gptforge-run: train (smoothed)", "gptforge-run: val"]
     xs = fig.axes[0].get_lines()[1].get_xdata()  # the smoothed train curve of the log, against steps
     assert xs[0] == 1 and xs[-1] == 801
+    # throughput leaves out the iterations whose time also counts an eval or the start-up, as diagnose does
+    # (they dipped to a few hundred tok/s at every eval; the busy machine's slow iterations stay)
+    speed = fig.axes[3]
+    assert speed.get_title() == "throughput"
+    steps = set(speed.get_lines()[0].get_xdata())
+    assert len(steps) == 81 - 9 and not steps & {1, 101, 201, 801}
 
 
 def test_bad_logs_are_one_line_errors(tmp_path, capsys):
