@@ -65,11 +65,11 @@ def _diverged(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
         ev.append(f"{f.nonfinite_losses} logged loss(es) were nan or inf, from step {f.first_nonfinite_step:,}")
         began = began if began is not None else f.first_nonfinite_step
     if f.nan_skips:
-        ev.append(f"{f.nan_skips} non-finite losses from step {f.first_nan_step} "
+        ev.append(f"{f.nan_skips} steps skipped for a non-finite loss or gradient from step {f.first_nan_step} "
                   f"(at most {f.max_consecutive_nan} in a row; the run stops at {f.max_nan_skips})")
         began = began if began is not None else f.first_nan_step
     if f.end_reason == "nan":
-        ev.append("the run ended on non-finite losses (end reason 'nan')")
+        ev.append("the run stopped on non-finite losses or gradients (end reason 'nan')")
     lr = _lr_at(run, began) if began is not None else None
     if lr:
         ev.append(f"the learning rate there was {lr:.3g}")
