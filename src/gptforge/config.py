@@ -188,7 +188,7 @@ class TrainConfig(_Group):
                        choices=("auto", "true", "false"))
     deterministic: bool = key(False, "deterministic GPU kernels (slower): runs and resumes bit-equal on a GPU too")
     seed: int = key(1337, "seed of the initial weights, data order and dropout", range="[0, 2^63)")
-    max_nan_skips: int = key(5, "non-finite losses in a row before the run stops with a checkpoint",
+    max_nan_skips: int = key(5, "steps in a row skipped for a non-finite loss or gradient before the run stops",
                              range="[1, 1000000]")
     spike_sigma: float = key(6.0, "report a loss this many sigma above the recent window; 0 disables",
                              range="[0, 1e6]")

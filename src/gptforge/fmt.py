@@ -15,6 +15,11 @@ def count(n: float) -> str:
     return f"{n:.0f}"
 
 
+def ppl(ppl: float) -> str:
+    """5.7546 -> '5.75'; a diverged run's 7.95e117 -> '7.95e+117', not 118 digits."""
+    return f"{ppl:.2f}" if ppl < 1e6 else f"{ppl:.3g}"
+
+
 def gib(nbytes: float) -> str:
     if nbytes < 0.1 * GIB:
         return f"{nbytes / 2**20:.1f} MiB"

@@ -99,7 +99,7 @@ def test_divergence_to_nan(tmp_path):
     top = d.findings[0]
     began = int(top.title.rsplit(" ", 1)[1])
     assert 750 <= began <= 850
-    assert "5 non-finite losses from step 1200" in " ".join(top.evidence)
+    assert "5 steps skipped for a non-finite loss or gradient from step 1200" in " ".join(top.evidence)
     assert top.advice[0].startswith("restart from the checkpoint of step 750")
 
 

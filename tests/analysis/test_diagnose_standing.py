@@ -155,4 +155,4 @@ def test_identity_without_the_dataset_and_of_a_nanogpt_folder(tmp_path):
     gpt2_tokenizer().save(run_dir / "tokenizer")  # the data directory is gone: the run's own copy names it
     assert run_identity(run_dir, {"data": str(tmp_path / "gone")}, None) == ("gpt2", None)
     folder, _, _ = nanogpt_char_folder(tmp_path / "shakespeare_char", "to be or not to be")
-    assert run_identity(tmp_path / "other", {}, str(folder)) == (None, "shakespeare")
+    assert run_identity(tmp_path / "other", {}, str(folder)) == ("char", "shakespeare")  # meta.pkl: its own vocabulary

@@ -2,6 +2,8 @@
 gap, a loss that blew up during warmup, spike reports that are a level shift after growth, and growths judged
 by the val split that can judge them. Each synthetic run reproduces a case a user met."""
 
+import math
+
 import pytest
 
 from gptforge.analysis.diagnose.report import diagnose_command
@@ -103,3 +105,23 @@ def test_per_part_val_shows_forgetting(tmp_path):
     assert g.verdict == "worse"  # the new part (flat at 5.6 here) is not learned while the old one rises
     assert d.finding("data_grew").title.startswith("Val got worse after the data grew at step 8,000: fineweb 3.69 ->")
     assert "overfitting" not in d.kinds()
+
+
+def test_a_run_that_blew_up_at_once_and_froze_is_only_diverged(tmp_path, capsys):
+    """learning_rate=3 without clipping on a small dataset (walked in the issue-14 journey): the loss is 55 at
+    the first logged step and 270 from then on (every update skipped: inf gradients), over 10 epochs. The
+    diagnosis said the loss "fell to 55" and added "many epochs ... the loss has plateaued" to the divergence."""
+    cfg = dict(runs.GPT2_124M, batch_size=12, gradient_accumulation_steps=40, max_iters=1000, warmup_iters=100,
+               eval_interval=100, eval_iters=20, log_interval=10, learning_rate=3.0, min_lr=0.3, grad_clip=0.0)
+
+    def train(s):
+        return 4.1 if s == 0 else 55.0 if s <= 10 else 270.0
+
+    d = diagnose_command(runs.write_run(tmp_path / "lr3", cfg, dataset_train_tokens=50_000_000, train=train,
+                                        val=lambda s: train(s) - 1.0))
+    assert d.facts.epochs > 9
+    top = d.findings[0]
+    assert top.kind == "diverged" and "turn gradient clipping on (--grad_clip=1.0)" in top.advice
+    assert top.evidence[0].startswith("the train loss was already 54.987 at step 10, the first logged step, then")
+    assert {"data_limited", "plateau", "undertrained", "still_improving"}.isdisjoint(d.kinds())
+    assert f"(perplexity {math.exp(d.facts.val_now):.3g})" in capsys.readouterr().out  # not 117 digits

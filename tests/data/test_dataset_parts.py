@@ -12,6 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
+from gptforge.commands.inspection import inspect_command
 from gptforge.data import download as dl
 from gptforge.data.dataset import open_dataset
 from gptforge.data.encode import in_val
@@ -48,6 +49,14 @@ def test_an_added_part_gets_its_own_val_share_and_the_summary_says_so(tmp_path, 
     assert [p.name for p in parts] == ["plays", "sonnets"]
     assert f"val tokens per part: plays {parts[0].tokens:,} | sonnets {parts[1].tokens:,}" in out
     assert "val fraction 0.01" not in out
+    # inspect, too, says what each part got, not only the configured fraction
+    assert inspect_command(str(data)) == 0
+    out = capsys.readouterr().out
+    total = m["totals"]["val_tokens"] / m["totals"]["tokens"]
+    assert f"split hash, val fraction 0.01 per document and a minimum per part: val is {total:.2%} of the tokens" in out
+    assert (f"part 'sonnets', +1 sources -> {m['totals']['train_tokens']:,} train, {m['totals']['val_tokens']:,} val "
+            f"tokens; its val: {parts[1].tokens:,} tokens (hash split, topped up to the small-part minimum from "
+            "the end of the stream)") in out
 
 
 def test_a_part_too_small_for_any_val_is_warned_about(tmp_path, capsys):
@@ -93,6 +102,9 @@ def test_val_parts_are_the_val_documents_of_each_part(tmp_path):
 
 def test_part_names_come_from_the_sources_or_the_flag(tmp_path):
     assert derive_part_name(["/d/enwiki-1.xml.bz2", "/d/enwiki-2.xml.bz2"], ["wikipedia", "wikipedia"]) == "wikipedia"
+    # wikiextractor's output (extracted/AA/wiki_00, ...) is Wikipedia too, not a part named after the tool
+    wiki = [f"/home/u/extracted/A{c}/wiki_{i:02d}" for c in "AB" for i in range(3)]
+    assert derive_part_name(wiki, ["wikiextractor"] * 6) == "wikipedia"
     assert derive_part_name(["/x/tinyshakespeare.txt"], ["text"]) == "tinyshakespeare"
     shards = [f"/home/u/data/fineweb-edu/shard_{i:05d}.parquet" for i in range(3)]
     assert derive_part_name(shards, ["parquet"] * 3) == "fineweb-edu"
@@ -167,7 +179,11 @@ def test_identity_tells_same_grown_and_other_datasets_apart(tmp_path):
     first = open_dataset(data).identity
     assert compare_identity(first, open_dataset(twin).identity).relation == "same"  # same content, another folder
     check = compare_identity(first, open_dataset(other).identity)
-    assert check.relation == "other" and check.detail.startswith("version 1 has other content")
+    # (it named version 1 beside the train tokens of all versions: say which dataset each figure is of)
+    now = open_dataset(other).identity["train_tokens"]
+    assert check.relation == "other" and check.detail == (
+        f"its version 1 holds other data than the checkpoint's version 1 (the checkpoint's dataset: 1 version(s), "
+        f"{first['train_tokens']:,} train tokens; this one: 1 version(s), {now:,})")
     prepare([str(b)], data)
     grown = open_dataset(data).identity
     check = compare_identity(first, grown)

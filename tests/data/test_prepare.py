@@ -166,11 +166,13 @@ def test_failing_first_prepare_leaves_no_directory_behind(tmp_path):
         prepare([str(write_parquet(tmp_path / "a.parquet", ["x"]))], tmp_path / "other")
 
 
-def test_min_chars_drops_and_counts_short_documents(tmp_path):
-    src = write_parquet(tmp_path / "a.parquet", ["short", "a much longer document", "tiny"])
+def test_min_chars_drops_and_counts_short_documents(tmp_path, capsys):
+    src = write_parquet(tmp_path / "a.parquet", ["short", "a much longer document", "tiny", ""])
     m = prepare([str(src)], tmp_path / "data", min_chars=10, val_fraction=0.0)
     assert m["totals"]["documents"] == 1
-    assert m["sources"][0]["skipped"] == {"shorter_than_min_chars": 2}
+    assert m["sources"][0]["skipped"] == {"empty_skipped": 1, "shorter_than_min_chars": 2}
+    # the summary says what was skipped once, not "empty skipped 1"
+    assert "  skipped: empty 1, shorter than min chars 2\n" in capsys.readouterr().out
 
 
 def test_vocabularies_above_65536_write_uint32_shards(tmp_path):

@@ -74,6 +74,16 @@ def test_diagnose_the_real_cpu_log(real_log, capsys):
     assert (real_log.parent / "shakespeare-char-cpu.loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_diagnose_a_log_with_data_elsewhere_names_the_data(real_log, tmp_path, monkeypatch, capsys):
+    """--data from another working directory: the data family and the tokenizer come from that folder."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    d = diagnose_command(real_log, data=str(real_log.parent / "data" / "shakespeare_char"), out=str(tmp_path / "d"))
+    assert d.facts.epochs == pytest.approx(615_168 / 1_003_854)
+    assert "with the char tokenizer on shakespeare data" in capsys.readouterr().out
+
+
 def test_the_gpu_log_mfu_in_both_conventions(tmp_path, capsys):
     run, log = open_log(GPU_LOG, gpu="A100")
     assert run.start.world_size == 8  # nanoGPT's MFU is per process: the printed values imply 8
@@ -129,6 +139,12 @@ def test_plot_draws_a_nanogpt_log_beside_a_gptforge_run(real_log, tmp_path):
                       "gptforge-run: train (smoothed)", "gptforge-run: val"]
     xs = fig.axes[0].get_lines()[1].get_xdata()  # the smoothed train curve of the log, against steps
     assert xs[0] == 1 and xs[-1] == 801
+    # throughput leaves out the iterations whose time also counts an eval or the start-up, as diagnose does
+    # (they dipped to a few hundred tok/s at every eval; the busy machine's slow iterations stay)
+    speed = fig.axes[3]
+    assert speed.get_title() == "throughput"
+    steps = set(speed.get_lines()[0].get_xdata())
+    assert len(steps) == 81 - 9 and not steps & {1, 101, 201, 801}
 
 
 def test_bad_logs_are_one_line_errors(tmp_path, capsys):

@@ -38,6 +38,9 @@ def test_lines_keep_nanogpt_shape():
     assert iter_line(5, 2.0, 10.0, 0.4281, 1.0, 6e-4).startswith("iter 5: loss 2.0000, time 10.00ms, mfu 42.81%")
     line = eval_line(250, 1.5, 1.75, 0.5)
     assert line.startswith("step 250: train loss 1.5000, val loss 1.7500, val ppl 5.75")
+    # a diverged run's perplexity in a few characters, not 118 digits
+    assert eval_line(100, 272.5, 271.4757, 0.5).startswith("step 100: train loss 272.5000, val loss 271.4757, "
+                                                           "val ppl 7.95e+117 (eval")
 
 
 def test_metrics_jsonl_is_flushed_per_line(tmp_path):

@@ -80,8 +80,9 @@ def test_resume_on_another_dataset_is_refused_naming_what_differs(tmp_path):
     before = tree_digest(run)
     # (this was accepted as "the dataset grew (version 1 -> 1)")
     with pytest.raises(UserError, match=rf"cannot resume on {b}: it is neither the dataset the checkpoint was trained "
-                                        rf"on \({a}\) nor a grown version of it \(version 1 has other content than the "
-                                        r"dataset had \([\d,]+ train tokens then, [\d,]+ now\)\); resume with that "
+                                        rf"on \({a}\) nor a grown version of it \(its version 1 holds other data than "
+                                        r"the checkpoint's version 1 \(the checkpoint's dataset: 1 version\(s\), "
+                                        r"[\d,]+ train tokens; this one: 1 version\(s\), [\d,]+\)\); resume with that "
                                         r"--data, or pass --data_changed=ok"):
         train(tiny_config(b, run, **{**SMALL, "max_iters": 6}, init_from="resume"))
     assert tree_digest(run) == before  # nothing written
@@ -100,7 +101,7 @@ def test_data_changed_ok_trains_on_the_other_dataset_from_a_fresh_order_once(tmp
     capsys.readouterr()
     train(tiny_config(b, run, **{**SMALL, "max_iters": 6}, init_from="resume", data_changed="ok"))
     out = capsys.readouterr().out
-    assert "training continues on another dataset (version 1 has other content than the dataset had" in out
+    assert "training continues on another dataset (its version 1 holds other data than the checkpoint's" in out
     assert "the data order starts over at epoch 0 of it" in out
     assert "the loss guard's window restarts (another dataset)" in out
     fresh = TrainLoader(open_dataset(b), 4, 16, seed=7)

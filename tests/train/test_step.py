@@ -99,6 +99,19 @@ def test_a_non_finite_gradient_with_a_finite_loss_is_skipped_too(parts):
     assert same(before, params_of(model)) and len(opt.state) == 0 and g.nan_skips == 1
 
 
+def test_non_finite_gradients_in_a_row_count_in_a_row_though_the_losses_are_finite(parts):
+    """A run whose LR blew the weights up has finite losses and inf gradients step after step: they are
+    skips in a row (max_nan_skips stops it), not "1 in a row" each."""
+    model, opt, batches = parts
+    g = guard()
+    hook = model.transformer.h[0].mlp.c_fc.weight.register_hook(lambda grad: grad * math.inf)
+    outcomes = [train_step(model, opt, batches, step=s, guard=g, device=CPU).outcome for s in range(3)]
+    hook.remove()
+    assert outcomes == [Outcome.NAN_SKIPPED] * 3 and (g.nan_skips, g.consecutive) == (3, 3)
+    assert train_step(model, opt, batches, step=3, guard=g, device=CPU).outcome is Outcome.OK
+    assert (g.nan_skips, g.consecutive) == (3, 0)  # an update ends the run of skips
+
+
 @pytest.mark.parametrize("skip", [True, False])
 def test_a_spike_is_skipped_or_kept_as_configured(parts, skip):
     model, opt, batches = parts

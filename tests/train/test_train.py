@@ -64,7 +64,7 @@ def test_repeated_nans_stop_with_a_checkpoint_and_the_likely_causes(tmp_path, ch
     with pytest.raises(UserError) as info:
         train(tiny_config(char_data, tmp_path / "run", max_iters=30, max_nan_skips=3, **FIXED))
     message = str(info.value)
-    assert "stopped at step 6: 3 non-finite losses in a row" in message
+    assert "stopped at step 6: 3 steps in a row skipped for a non-finite loss or gradient" in message
     for cause in ("learning rate is too high", "fp16 overflow", "--grad_clip=1.0"):
         assert cause in message
     state = load_checkpoint(latest_checkpoint(tmp_path / "run"))

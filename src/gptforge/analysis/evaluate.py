@@ -16,7 +16,9 @@ import torch
 from gptforge.data.dataset import open_dataset
 from gptforge.data.tokenizers import CharTokenizer
 from gptforge.errors import UserError
+from gptforge.fmt import ppl
 from gptforge.train import devices, dist, hellaswag
+from gptforge.train.console import perplexity
 from gptforge.train.evalsets import val_part_batches
 from gptforge.train.runs import load_run
 
@@ -75,7 +77,7 @@ def evaluate_run(run_dir, data=None, device="auto", max_batches: int | None = No
     bytes_per_token = sum(w * n_bytes / tokens for w, (_, tokens, n_bytes) in zip(weights, measured))
     return {
         "val_loss": loss,
-        "perplexity": math.exp(loss),
+        "perplexity": perplexity(loss),
         "tokens": sum(m[1] for m in measured),
         "bytes": sum(m[2] for m in measured),
         "batches": sum(len(p.batches) for p in parts),
@@ -118,7 +120,7 @@ def eval_command(run_dir, data=None, device="auto", max_batches=None, hellaswag_
     bpb = f"{r['bits_per_byte']:.4f}" if r["bits_per_byte"] is not None else "n/a (no tokenizer in the run)"
     print(f"{run_dir} at step {r['step']} on {r['data']} ({r['batches']} batches, {r['tokens']:,} tokens, "
           f"{r['bytes']:,} bytes of text)")
-    print(f"val loss {r['val_loss']:.4f}, perplexity {r['perplexity']:.2f}, bits per byte {bpb}")
+    print(f"val loss {r['val_loss']:.4f}, perplexity {ppl(r['perplexity'])}, bits per byte {bpb}")
     if r["val_parts"]:
         print("val loss by part: " + " | ".join(f"{k} {v:.4f}" for k, v in r["val_parts"].items()) +
               " (the val loss weighs them by their val tokens)")

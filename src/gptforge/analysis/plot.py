@@ -162,7 +162,8 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None, 
         xs, ys = _series(run.logs, "step", "lr")
         if xs:
             ax_lr.plot(xs, ys, color=color, linewidth=1.5, label=name or "learning rate")
-        xs, ys = _series(run.logs, "step", "tok_per_s")
+        # (as diagnose does, without the iterations whose time also counts an eval or the start-up: nanoGPT's)
+        xs, ys = _series([e for e in run.logs if e.step not in run.time_includes], "step", "tok_per_s")
         if xs:
             ax_speed.plot(xs, ys, color=color, alpha=0.35, linewidth=0.8)
             ax_speed.plot(xs, smooth(ys, smoothing_span(len(ys))), color=color, linewidth=1.5, label=name or "tokens/s")

@@ -38,12 +38,23 @@ def verify_dataset(data_dir: Path, manifest: dict) -> list[str]:
     return problems
 
 
+def _part_val(version: dict) -> str:
+    """The val share a version's own documents got, and by which rule (manifests before parts lack it)."""
+    if "val_ranges" not in version:
+        return ""
+    tokens = sum(b - a for a, b in version["val_ranges"])
+    return f"; its val: {tokens:,} tokens" + (f" ({version['val_rule']})" if version.get("val_rule") else "")
+
+
 def _inspect_dataset(data_dir: Path) -> int:
     manifest = load_manifest(data_dir)
     tok, totals = manifest["tokenizer"], manifest["totals"]
     print(f"dataset {data_dir}")
     print(f"  tokenizer {tok['name']} (vocab {tok['vocab_size']:,}, end-of-text id {tok['eot_id']})")
-    print(f"  split {manifest['split']['rule']}, val fraction {manifest['split']['val_fraction']}")
+    split = manifest["split"]
+    minimum = " per document and a minimum per part" if split["rule"] == "hash" else ""
+    print(f"  split {split['rule']}, val fraction {split['val_fraction']}{minimum}: val is "
+          f"{totals['val_tokens'] / max(totals['tokens'], 1):.2%} of the tokens")
     print(f"  {totals['sources']} sources, {totals['documents']:,} documents, {totals['characters']:,} characters, "
           f"{totals['tokens']:,} tokens ({totals['characters'] / max(totals['tokens'], 1):.2f} chars/token)")
     print(f"  train {totals['train_tokens']:,} tokens in {len(manifest['shards']['train'])} shards; "
@@ -52,7 +63,7 @@ def _inspect_dataset(data_dir: Path) -> int:
         part = f" part {v['part']!r}," if v.get("part") else ""
         print(
             f"  version {v['version']} ({v['added']}):{part} +{len(v['sources'])} sources -> "
-            f"{v['train_tokens']:,} train, {v.get('val_tokens', 0):,} val tokens"
+            f"{v['train_tokens']:,} train, {v.get('val_tokens', 0):,} val tokens" + _part_val(v)
         )
     pending = manifest.get("pending")
     if pending:

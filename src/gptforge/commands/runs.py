@@ -57,7 +57,8 @@ def diagnose_command(path, data=None, config=None, gpu=None, out=None):
         raise UserError(f"{path} does not exist (give a RUN_DIR or nanoGPT's train.py output saved to a file)")
     run, log = open_log(path, config=config, data=data, gpu=gpu)
     out_dir = Path(out) if out else path.parent
-    return write_diagnosis(run, log.config, out_dir, prefix=f"{path.stem}.", notes=log.notes)
+    data_dir = str(log.data_dir) if log.data_dir else None  # the folder the reader found, wherever the cwd is
+    return write_diagnosis(run, log.config, out_dir, prefix=f"{path.stem}.", data=data_dir, notes=log.notes)
 
 
 def plot_command(paths, out, log_scale=False, reference_names: tuple = ()) -> Path:

@@ -87,6 +87,7 @@ def compare_identity(before: dict, now: dict) -> IdentityCheck:
     differ = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), None)
     if differ is None:
         return IdentityCheck("other", f"the dataset has {len(new)} version(s), fewer than the {len(old)} it had")
-    return IdentityCheck("other", f"version {differ + 1} has other content than the dataset had "
-                                  f"({before.get('train_tokens', 0):,} train tokens then, "
-                                  f"{now.get('train_tokens', 0):,} now)")
+    return IdentityCheck("other", f"its version {differ + 1} holds other data than the checkpoint's version "
+                                  f"{differ + 1} (the checkpoint's dataset: {len(old)} version(s), "
+                                  f"{before.get('train_tokens', 0):,} train tokens; this one: {len(new)} version(s), "
+                                  f"{now.get('train_tokens', 0):,})")

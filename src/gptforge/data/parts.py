@@ -33,9 +33,10 @@ def _clean(word: str) -> str:
 
 
 def derive_part_name(paths: list[str], kinds: list[str]) -> str:
-    """A short name for a part from its sources: 'wikipedia' for dumps, else the files' common name
-    ('tinyshakespeare', 'enwiki-books'), else their folder's ('fineweb-edu' for shard_00000.parquet, ...)."""
-    if kinds and all(k == "wikipedia" for k in kinds):
+    """A short name for a part from its sources: 'wikipedia' for dumps and wikiextractor's output, else the
+    files' common name ('tinyshakespeare', 'enwiki-books'), else their folder's ('fineweb-edu' for
+    shard_00000.parquet, ...)."""
+    if kinds and all(k in ("wikipedia", "wikiextractor") for k in kinds):
         return "wikipedia"
     stems = [os.path.basename(p).split(".")[0] for p in paths]
     common = _clean(os.path.commonprefix(stems)) if stems else ""

@@ -257,7 +257,8 @@ def _print_summary(manifest: dict, version: dict, continued: int) -> None:
     print(f"  part {version['part']!r}: train {train:,} tokens, val {val:,} tokens = {val / max(tokens, 1):.2%} "
           f"of the part ({version['val_rule']})")
     if skipped:
-        print("  skipped: " + ", ".join(f"{k.replace('_', ' ')} {v:,}" for k, v in sorted(skipped.items())))
+        print("  skipped: " + ", ".join(f"{k.removesuffix('_skipped').replace('_', ' ')} {v:,}"
+                                        for k, v in sorted(skipped.items())))
     cuts = sum(s.get("cut_long_runs", 0) for s in added)
     if cuts:
         print(f"  {cuts:,} cut(s) inside runs of over half a million characters without a space or newline: the "

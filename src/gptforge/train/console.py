@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import sys
 
-from gptforge.fmt import clock
+from gptforge.fmt import clock, ppl
 from gptforge.progress import StatusLine, bar
 
 
@@ -28,7 +28,7 @@ def eval_line(step: int, train_loss: float, val_loss: float, seconds: float, ext
               val_parts: dict[str, float] | None = None) -> str:
     several = val_parts if val_parts and len(val_parts) > 1 else {}  # (one part: the val loss itself)
     parts = " | ".join(f"{name} {loss:.4f}" for name, loss in several.items())
-    return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {perplexity(val_loss):.2f}"
+    return (f"step {step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}, val ppl {ppl(perplexity(val_loss))}"
             f"{' (' + parts + ')' if parts else ''}{', ' + extra if extra else ''} (eval {seconds:.2f}s, not counted "
             "in iteration time)")
 

@@ -39,7 +39,6 @@ class LossGuard:
         or 'ok'."""
         if not math.isfinite(loss):
             return self.non_finite(step)
-        self.consecutive = 0
         if self.spike_sigma > 0 and step >= self.after_step and len(self.window) >= MIN_WINDOW:
             n = len(self.window)
             mean = sum(self.window) / n
@@ -66,6 +65,11 @@ class LossGuard:
         """Forget what "normal" was (the data or the learning rate changed): no spike is called until the
         window has filled again."""
         self.window, self.high = [], []
+
+    def stepped(self) -> None:
+        """The step was not skipped as non-finite (the caller knows once it has seen the gradient norm too):
+        the run of non-finite skips is over."""
+        self.consecutive = 0
 
     def non_finite(self, step: int) -> str:
         self.nan_skips += 1

@@ -108,10 +108,11 @@ def report_step(result: StepResult, guard: LossGuard, skip_spikes: bool, console
 
 def nan_stop_message(steps_done: int, guard: LossGuard, learning_rate: float, checkpoint: Path) -> str:
     """`checkpoint`: the one just saved (its weights are finite: a save refuses any others)."""
-    return (f"stopped at step {steps_done}: {guard.consecutive} non-finite losses in a row. Likely causes: the "
-            f"learning rate is too high (now {learning_rate:g}; try half), fp16 overflow (use --dtype=bfloat16 or "
-            f"float32), no gradient clipping (--grad_clip=1.0), or bad data. The parameters from before the bad steps "
-            f"are in {checkpoint}; resume with --init_from=resume after the change")
+    return (f"stopped at step {steps_done}: {guard.consecutive} steps in a row skipped for a non-finite loss or "
+            f"gradient. Likely causes: the learning rate is too high (now {learning_rate:g}; try half), fp16 "
+            "overflow (use --dtype=bfloat16 or float32), no gradient clipping (--grad_clip=1.0), or bad data. The "
+            f"parameters from before the bad steps are in {checkpoint}; resume with --init_from=resume after the "
+            "change")
 
 
 def log_step(result: StepResult, start: Start, steps_done: int, tokens_seen: int, epoch: float, lr: float,

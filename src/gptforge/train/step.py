@@ -73,6 +73,8 @@ def train_step(model: torch.nn.Module, optimizer, batches, *, step: int, guard: 
     verdict = guard.check(step, loss)
     spike = (guard.last_mean, guard.last_std) if verdict in ("spike", "shift") else None
     if verdict == "nan" or (verdict == "spike" and skip_spikes):
+        if verdict != "nan":
+            guard.stepped()
         optimizer.zero_grad(set_to_none=True)
         return StepResult(step, loss, None, Outcome.NAN_SKIPPED if verdict == "nan" else Outcome.SPIKE_SKIPPED, spike,
                           shrunk=shrunk)
@@ -93,8 +95,11 @@ def train_step(model: torch.nn.Module, optimizer, batches, *, step: int, guard: 
         scaler.update()
         outcome, loss_scale = Outcome.FP16_OVERFLOW, (scale, scaler.get_scale())
     else:
-        guard.non_finite(step)
         outcome = Outcome.NAN_SKIPPED
+    if outcome is Outcome.NAN_SKIPPED:
+        guard.non_finite(step)  # a finite loss with a non-finite gradient: skipped in a row with NaN losses
+    else:
+        guard.stepped()
     optimizer.zero_grad(set_to_none=True)
     return StepResult(step, loss, grad_norm, outcome, spike, loss_scale, shrunk)
 

@@ -55,18 +55,21 @@ def _diverged(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
     ev, began = [], None
     if bu:
         began = bu.min_x
-        ev.append(f"the train loss fell to {bu.min_value:.3f} by step {bu.min_x:,.0f}, then climbed to "
-                  f"{bu.min_value + bu.rise:.4g} by step {bu.peak_x:,.0f} and did not come back"
+        first = run.logs and bu.min_x <= run.logs[0].step  # it never fell: rising from the first log line
+        low = (f"was already {bu.min_value:.3f} at step {bu.min_x:,.0f}, the first logged step" if first
+               else f"fell to {bu.min_value:.3f} by step {bu.min_x:,.0f}")
+        ev.append(f"the train loss {low}, then climbed to {bu.min_value + bu.rise:.4g} by step {bu.peak_x:,.0f} "
+                  "and did not come back"
                   + (" (during warmup, while the LR was still rising)" if bu.min_x < f.warmup_iters else ""))
     if f.nonfinite_losses:
         ev.append(f"{f.nonfinite_losses} logged loss(es) were nan or inf, from step {f.first_nonfinite_step:,}")
         began = began if began is not None else f.first_nonfinite_step
     if f.nan_skips:
-        ev.append(f"{f.nan_skips} non-finite losses from step {f.first_nan_step} "
+        ev.append(f"{f.nan_skips} steps skipped for a non-finite loss or gradient from step {f.first_nan_step} "
                   f"(at most {f.max_consecutive_nan} in a row; the run stops at {f.max_nan_skips})")
         began = began if began is not None else f.first_nan_step
     if f.end_reason == "nan":
-        ev.append("the run ended on non-finite losses (end reason 'nan')")
+        ev.append("the run stopped on non-finite losses or gradients (end reason 'nan')")
     lr = _lr_at(run, began) if began is not None else None
     if lr:
         ev.append(f"the learning rate there was {lr:.3g}")
@@ -374,7 +377,7 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
     findings = [_diverged(f, run, config), _overfitting(f, config)]
     if findings[0] is None:
         findings += [_lr_too_high(f, run, config), _nan_skips(f)]
-    if findings[1] is None:
+    if findings[0] is None and findings[1] is None:  # (a diverged run's epochs and plateau say nothing)
         findings += [_data_limited(f, run), _plateau(f)]
     findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
                  _warmup_too_long(f),

@@ -12,7 +12,7 @@ from gptforge.analysis.diagnose.speed import mfu_text
 from gptforge.analysis.diagnose.standing import hellaswag_row, run_identity
 from gptforge.analysis.runlog import RunLog, read_run
 from gptforge.errors import UserError
-from gptforge.fmt import count
+from gptforge.fmt import count, ppl
 from gptforge.fsutil import atomic_write_text
 
 REPORT = "diagnosis.md"
@@ -77,7 +77,7 @@ def summary_rows(d: Diagnosis) -> list[tuple[str, str]]:
         )
         rows.append(("tokens per parameter", f"{f.tokens_per_param:.1f} (Chinchilla-optimal: 20)"))
     rows.append(("train loss now", _fmt(f.train_now)))
-    rows.append(("val loss now", _fmt(f.val_now) + (f" (perplexity {f.ppl:.2f})" if f.ppl else "")))
+    rows.append(("val loss now", _fmt(f.val_now) + (f" (perplexity {ppl(f.ppl)})" if f.ppl else "")))
     if f.val_parts_now and len(f.val_parts_now) > 1:  # (one part: the val loss itself)
         rows.append(("val by part", " | ".join(f"{k} {v:.2f}" for k, v in f.val_parts_now.items())))
     if f.gap is not None:

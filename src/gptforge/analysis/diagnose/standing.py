@@ -189,8 +189,10 @@ def run_identity(run_dir: Path, config: dict, data: str | None) -> tuple[str | N
             manifest = None
         if manifest:
             tokenizer, family = manifest["tokenizer"].get("name"), dataset_family(manifest["sources"])
-        else:  # a nanoGPT folder: its name (openwebtext, shakespeare_char) is all there is
+        else:  # a nanoGPT folder: its name (openwebtext, shakespeare_char) is all there is, and as nanoGPT's
+            # sample.py assumes, a meta.pkl means its own (character) vocabulary, none means GPT-2's
             family = references.data_family(Path(folder).name)
+            tokenizer = "char" if (Path(folder) / "meta.pkl").is_file() else "gpt2"
     if tokenizer is None:
         try:
             tokenizer = json.loads((run_dir / "tokenizer" / "tokenizer_meta.json").read_text()).get("name")
