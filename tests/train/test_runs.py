@@ -70,3 +70,6 @@ def test_incomplete_missing_and_mismatched_checkpoints_are_one_line_each(run, tm
     assert "step_00000002 is incomplete" in err and len(err.strip().splitlines()) == 1
     assert main(["eval", str(tmp_path / "nothing" / "checkpoints" / "step_00000002")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    # a checkpoint keep_last deleted: named, with the ones there are (before: "run directory ... does not exist")
+    with pytest.raises(UserError, match=r"checkpoint .*step_00000003 does not exist; complete ones: --step 4, 6$"):
+        find_checkpoint(copy / "checkpoints" / "step_00000003")

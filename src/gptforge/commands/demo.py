@@ -91,6 +91,15 @@ def _next_run_dir(out: Path) -> Path:
     return run
 
 
+def training_length(seconds: float, per_iter: float) -> tuple[int, int]:
+    """(max_iters, eval_interval): what fits in `seconds` with room for evals and checkpoints (at least 50
+    iterations), evaluated 6 times; max_iters a multiple of eval_interval, so the last eval is a regular one and
+    not a second one a step later."""
+    affordable = max(50, int(seconds / per_iter * 0.85))
+    eval_interval = max(10, affordable // 6)
+    return affordable - affordable % eval_interval, eval_interval
+
+
 def run_demo(out: str = "runs/demo", seconds: float | None = None) -> Path:
     from gptforge.commands.sample import sample_command
     from gptforge.data.prepare import prepare
@@ -124,8 +133,7 @@ def run_demo(out: str = "runs/demo", seconds: float | None = None) -> Path:
     cfg = build_config({**MODEL, **OPTIM, "vocab_size": tok.vocab_size, "data": str(data), "out": str(run),
                         "batch_size": BATCH, "max_iters": 1, "device": "cpu", "compile": "false"})
     per_iter = _seconds_per_iter(cfg)
-    max_iters = max(50, int(seconds / per_iter * 0.85))  # evals and checkpoints take the rest
-    eval_interval = max(25, max_iters // 6)
+    max_iters, eval_interval = training_length(seconds, per_iter)
     cfg = build_config({"max_iters": max_iters, "eval_interval": eval_interval, "eval_iters": 5,
                         "log_interval": max(5, eval_interval // 5), "max_seconds": seconds * 1.5,
                         "sample_prompts": PROMPTS[1:2], "sample_tokens": 24, "vocab_size": 0}, base=cfg)

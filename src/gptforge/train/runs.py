@@ -38,6 +38,9 @@ def find_checkpoint(path, step: int | None = None) -> tuple[Path, Path]:
     RUN_DIR/checkpoints/step_N; a UserError names an incomplete or missing one and the complete ones."""
     path = Path(path)
     if not path.is_dir():
+        run_dir = path.parent.parent
+        if _is_step_dir(path) and path.parent.name == CHECKPOINTS and run_dir.is_dir():  # e.g. pruned by keep_last
+            raise UserError(f"checkpoint {path} does not exist; {_choices(run_dir)}")
         raise UserError(f"run directory {path} does not exist")
     if _is_step_dir(path):
         run_dir, ckpt = (path.parent.parent if path.parent.name == CHECKPOINTS else path.parent), path
