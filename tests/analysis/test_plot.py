@@ -6,7 +6,7 @@ import struct
 import pytest
 
 from gptforge.analysis import references as refs
-from gptforge.analysis.plot import draw, loss_limits, unique_labels
+from gptforge.analysis.plot import draw, loss_limits, split_at, unique_labels
 from gptforge.analysis.runlog import read_run
 from gptforge.cli import main
 from gptforge.commands.runs import plot_command
@@ -78,6 +78,16 @@ def test_growth_points_are_marked_on_both_loss_axes(tmp_path):
         marks = [line for line in ax.get_lines() if line.get_label() == "data grew"]
         assert len(marks) == 1 and list(marks[0].get_xdata()) == [x, x]
         assert [t.get_text() for t in ax.texts] == [" v2: 300.0M -> 3.00B train tokens"]
+        # the val loss before and after the growth are measured on different val splits: no line joins them
+        val = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+        assert len(val) == 2 and max(val[0].get_xdata()) < x <= min(val[1].get_xdata())
+        assert [line.get_label() for line in val][0] == "val"
+
+
+def test_split_at():
+    assert split_at([1, 2, 3, 4], [5, 6, 7, 8], [3]) == [([1, 2], [5, 6]), ([3, 4], [7, 8])]
+    assert split_at([1, 2], [5, 6], []) == [([1, 2], [5, 6])]
+    assert split_at([1, 2], [5, 6], [0, 9]) == [([1, 2], [5, 6])]
 
 
 def test_a_hellaswag_panel_when_a_run_scored_it(tmp_path):

@@ -40,6 +40,16 @@ def _series(events: list[Event], x: str, y: str) -> tuple[list[float], list[floa
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
+def split_at(xs: list[float], ys: list[float], breaks: list[float]) -> list[tuple[list[float], list[float]]]:
+    """The series cut before each break (a point at a break begins the next piece); empty pieces dropped."""
+    pieces, edges = [], sorted(breaks) + [float("inf")]
+    for low, high in zip([float("-inf")] + edges[:-1], edges):
+        piece = [(x, y) for x, y in zip(xs, ys) if low <= x < high]
+        if piece:
+            pieces.append(([p[0] for p in piece], [p[1] for p in piece]))
+    return pieces
+
+
 PART_MARKERS = ("s", "^", "v", "D", "x")
 
 
@@ -139,9 +149,10 @@ def draw(runs: list[RunLog], log_scale: bool = False, title: str | None = None, 
                 ax.plot(xs, smooth(ys, smoothing_span(len(ys))), color=color, linewidth=1.6,
                         label=f"{prefix}train (smoothed)")
             vx, vy = _series(run.evals, x, "val_loss")
-            if vx:
-                ax.plot(vx, vy, color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.4,
-                        label=f"{prefix}val")
+            grew_at = [e.step if x == "step" else run.tokens_at(e.step) for e in run.data_grew]
+            for j, (sx, sy) in enumerate(split_at(vx, vy, grew_at)):  # another val split: no line across
+                ax.plot(sx, sy, color=color, linestyle="--", marker="o", markersize=3.5, linewidth=1.4,
+                        label=f"{prefix}val" if j == 0 else None)
             for j, (part, (px, py)) in enumerate(_part_series(run.evals, x).items()):
                 ax.plot(px, py, color=color, linestyle=":", marker=PART_MARKERS[j % len(PART_MARKERS)],
                         markersize=3.5, linewidth=1.1, label=f"{prefix}val {part}")
