@@ -206,12 +206,8 @@ def _plan_flags(p) -> None:
     _number(p, "--processes", int, "[1, 1000000]", "GPUs the run will use", default=1)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gptforge", description="From raw text to a trained GPT, and what the run is doing.",
-                     epilog="Every flag takes - or _ in its name (--max-new-tokens or --max_new_tokens); "
-                            "boolean flags take true/false/1/0. `gptforge COMMAND --help` explains a command.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
+def _add_data_commands(sub) -> None:
+    """prepare, tokenizer train, download: from files to a dataset."""
     p = sub.add_parser("prepare", help="tokenize sources into shards + manifest (appends to an existing DATA_DIR)")
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="files, directories or globs: .parquet .txt .md .jsonl .json .xml[.bz2], wikiextractor's "
@@ -258,13 +254,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "without it, named datasets and hf:// use huggingface_hub, which follows HF_ENDPOINT")
     p.set_defaults(func=_download)
 
-    _add_config_command(sub, "train", _train, "train a GPT")
-    _add_config_command(sub, "bench", _bench, "measure training throughput on synthetic tokens", _bench_flags)
-    _add_config_command(sub, "plan", _plan, "size a run before starting it", _plan_flags)
 
-    p = sub.add_parser("sample", help="generate text from a run")
+def _checkpoint_flags(p) -> None:
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one of its checkpoints/step_N")
     _number(p, "--step", int, "[0, inf)", "the checkpoint of this step (default: the latest complete one)")
+
+
+def _add_run_commands(sub) -> None:
+    """sample, eval, diagnose, plot, inspect, export, import-nanogpt, demo: what reads or makes runs."""
+    p = sub.add_parser("sample", help="generate text from a run")
+    _checkpoint_flags(p)
     p.add_argument("--prompt", default="", help="text, or FILE:path")
     _number(p, "--num-samples", int, "[1, inf)", "samples to generate", default=1)
     _number(p, "--max-new-tokens", int, "[1, inf)", "tokens per sample", default=200)
@@ -276,8 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_sample)
 
     p = sub.add_parser("eval", help="val loss, perplexity and bits per byte of a run, or its HellaSwag score")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or one of its checkpoints/step_N")
-    _number(p, "--step", int, "[0, inf)", "the checkpoint of this step (default: the latest complete one)")
+    _checkpoint_flags(p)
     p.add_argument("--data", default=None, metavar="DATA_DIR", help="the dataset (default: the run's)")
     _number(p, "--batches", int, "[1, inf)", "evaluate at most this many batches (default: the whole val split)")
     p.add_argument("--hellaswag", nargs="?", const="", default=None, metavar="FILE",
@@ -327,6 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="where the demo writes")
     _number(p, "--seconds", float, "(0, 1e6]", "training time budget")
     p.set_defaults(func=_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="gptforge", description="From raw text to a trained GPT, and what the run is doing.",
+                     epilog="Every flag takes - or _ in its name (--max-new-tokens or --max_new_tokens); "
+                            "boolean flags take true/false/1/0. `gptforge COMMAND --help` explains a command.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_data_commands(sub)
+    _add_config_command(sub, "train", _train, "train a GPT")
+    _add_config_command(sub, "bench", _bench, "measure training throughput on synthetic tokens", _bench_flags)
+    _add_config_command(sub, "plan", _plan, "size a run before starting it", _plan_flags)
+    _add_run_commands(sub)
     parser.commands = sub.choices
     return parser
 
