@@ -9,7 +9,7 @@ class UserError(Exception):
     """Bad input or a bad request: the message says what, where (file or key), and what to do."""
 
 
-def raise_first(failures: list[BaseException], what: str = "file(s)") -> None:
+def raise_first(failures: list[BaseException]) -> None:
     """After parallel work: raise the first failure, a bug as it is (with its traceback), a UserError as one line
     that counts the others. Nothing when the list is empty."""
     if not failures:
@@ -17,5 +17,5 @@ def raise_first(failures: list[BaseException], what: str = "file(s)") -> None:
     first = failures[0]
     if not isinstance(first, UserError):
         raise first
-    more = f" (and {len(failures) - 1} more {what} failed)" if len(failures) > 1 else ""
+    more = f" (and {len(failures) - 1} more file(s) failed)" if len(failures) > 1 else ""
     raise UserError(f"{first}{more}")

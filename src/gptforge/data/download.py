@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gptforge.data.fetcher import STOP_WAIT, TOKEN_ENV, Fetcher, Http, Job, RetryPolicy, Stopped
 from gptforge.data.pinned import PINNED, cache_dir
-from gptforge.errors import UserError
+from gptforge.errors import UserError, raise_first
 from gptforge.fsutil import atomic_write_json
 from gptforge.progress import StatusLine
 
@@ -206,13 +206,13 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     or the pinned file NAME into OUT (default: its folder in the cache)."""
     if shards is None and not name.startswith("hf://") and name not in PINNED:
         raise UserError(f"--shards is required for {name} (only hf:// URLs default to every matching file)")
+    if out is None and name not in PINNED:
+        raise UserError(f"{name}: say where the files go with --out DIR")
     if name.startswith("hf://") or (name in DATASETS and not mirror):
         # the Hub's own client (HF_ENDPOINT, the token file, hf-xet), gptforge's checks on top; a named dataset
         # with --mirror stays on the plain HTTP client below, which any static mirror of the files can serve
         from gptforge.data import hub
 
-        if out is None:
-            raise UserError(f"{name}: say where the files go with --out DIR")
         jobs = None if name.startswith("hf://") else plan(name, out, shards, start)
         return hub.download(name, out, shards, workers, start, mirror, jobs=jobs, summary=Summary(),
                             about=DATASETS[name].about if jobs else None, out_stream=out_stream,
@@ -221,8 +221,6 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
         raise UserError(f"--workers must be at least 1 (got {workers})")
     policy = policy or RetryPolicy()
     print_out = out_stream or sys.stdout
-    if out is None and name not in PINNED:
-        raise UserError(f"{name}: say where the files go with --out DIR")
     out = Path(out) if out is not None else cache_dir() / PINNED[name].folder
     jobs = plan(name, out, shards, start, mirror)
     try:
@@ -286,13 +284,7 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     errors_in_order = [errors[i] for i in sorted(errors)]
     progress.close()
     summary.seconds = time.monotonic() - progress.start
-    failures = [e for e in errors_in_order if not isinstance(e, Stopped)]
-    if failures:
-        first = failures[0]
-        if not isinstance(first, UserError):
-            raise first  # a bug: keep its traceback
-        more = f" (and {len(failures) - 1} more file(s) failed)" if len(failures) > 1 else ""
-        raise UserError(f"{first}{more}")
+    raise_first([e for e in errors_in_order if not isinstance(e, Stopped)])
     rate = summary.bytes / 1e6 / max(summary.seconds, 1e-9)
     print(f"done: {len(summary.fetched)} fetched, {len(summary.skipped)} already complete; "
           f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:.1f} s ({rate:,.1f} MB/s) in {out}"

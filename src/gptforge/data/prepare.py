@@ -21,6 +21,7 @@ from gptforge.data.download import recorded_role
 from gptforge.data.manifest import MANIFEST, empty_manifest, load_manifest, orphan_files
 from gptforge.data.part_writer import TOKENIZER_DIR, PartWriter, new_pending
 from gptforge.data.parts import check_part_name, derive_part_name, val_parts
+from gptforge.data.shards import DTYPES, format_for_vocab
 from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
 from gptforge.errors import UserError
@@ -230,7 +231,7 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
 def _write_failure(failure: WriteFailed, progress: Progress, writer: PartWriter) -> str:
     """One line: the file, the space needed (the input left at the output/input ratio so far) and free."""
     consumed, written = progress.input_bytes(), writer.train.total + writer.val.total
-    itemsize = 2 if writer.tok.vocab_size <= 65536 else 4
+    itemsize = DTYPES[format_for_vocab(writer.tok.vocab_size)].itemsize
     ratio = written * itemsize / consumed if consumed and written else 0.5  # text: ~4 bytes a token of 2 bytes
     needed = int((progress.total_bytes - consumed) * ratio)
     done = len((load_manifest(writer.out) or {}).get("pending", {}).get("sources", []))
