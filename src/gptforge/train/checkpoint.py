@@ -40,6 +40,7 @@ from gptforge.fsutil import (
     write_failure_line,
     writing,
 )
+from gptforge.train.state import TrainState
 
 CHECKPOINTS = "checkpoints"
 MARKER = "COMPLETE"
@@ -149,37 +150,36 @@ def write_error(e: BaseException, path: Path, needed: int) -> OSError | None:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if free is not None and free < needed else None
 
 
-def _nbytes(obj) -> int:
-    """Bytes of the tensors in a nested structure (about the size of the files they become)."""
+def _tensors(obj, prefix: str = ""):
+    """(dotted name, tensor) for every tensor in a nested structure of dicts, lists and tuples."""
     if isinstance(obj, torch.Tensor):
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, dict):
-        return sum(_nbytes(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return sum(_nbytes(v) for v in obj)
-    return 0
-
-
-def non_finite(obj, what: str, prefix: str = "") -> str | None:
-    """'weights hold N non-finite values in NAME' for the first floating tensor with NaN or inf; None if all finite."""
-    if isinstance(obj, torch.Tensor):
-        if obj.is_floating_point() and not bool(torch.isfinite(obj).all()):
-            count = int((~torch.isfinite(obj)).sum())
-            return f"{what} hold {count:,} non-finite value(s) in {prefix or 'a tensor'} ({obj.numel():,} values)"
-        return None
+        yield prefix, obj
+        return
     items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
     for key, value in items:
-        bad = non_finite(value, what, f"{prefix}.{key}" if prefix else str(key))
-        if bad:
-            return bad
+        yield from _tensors(value, f"{prefix}.{key}" if prefix else str(key))
+
+
+def _nbytes(obj) -> int:
+    """Bytes of the tensors in a nested structure (about the size of the files they become)."""
+    return sum(t.numel() * t.element_size() for _, t in _tensors(obj))
+
+
+def non_finite(obj, what: str) -> str | None:
+    """'weights hold N non-finite values in NAME' for the first floating tensor with NaN or inf; None if all finite."""
+    for name, t in _tensors(obj):
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            count = int((~torch.isfinite(t)).sum())
+            return f"{what} hold {count:,} non-finite value(s) in {name or 'a tensor'} ({t.numel():,} values)"
     return None
 
 
-def _remove_stale_temporaries(root: Path) -> None:
-    """Partial directories left by a save that was killed: never checkpoints, safe to delete."""
-    for p in root.iterdir():
-        if p.name.startswith(TMP_PREFIX) and p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
+def _remove_stale_temporaries(root: Path) -> list[Path]:
+    """Partial directories left by a save or a retention that was killed: never checkpoints, safe to delete."""
+    stale = [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_dir()]
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True)
+    return stale
 
 
 def best_name(root: Path) -> str | None:
@@ -190,7 +190,7 @@ def best_name(root: Path) -> str | None:
 
 
 def _apply_retention(root: Path, keep_last: int) -> None:
-    complete = [p for p in _step_dirs(root) if check_marker(p) is None]
+    complete = [p for p in step_dirs(root) if check_marker(p) is None]
     keep = {p.name for p in complete[-keep_last:]}
     best = best_name(root)
     if best:
@@ -214,13 +214,13 @@ def remove_leftovers(run_dir) -> list[str]:
     root = Path(run_dir) / CHECKPOINTS
     if not root.is_dir():
         return []
-    removed = [p for p in root.iterdir() if p.name.startswith(TMP_PREFIX) and p.is_dir()]
+    removed = _remove_stale_temporaries(root)
     latest = latest_checkpoint(run_dir)
     if latest is not None:
-        newest = int(latest.name[5:])
-        removed += [p for p in _step_dirs(root) if int(p.name[5:]) < newest and _half_deleted(p)]
-    for p in removed:
-        shutil.rmtree(p, ignore_errors=True)
+        half = [p for p in step_dirs(root) if step_of(p) < step_of(latest) and _half_deleted(p)]
+        for p in half:
+            shutil.rmtree(p, ignore_errors=True)
+        removed += half
     return [f"removed {p} (left by an interrupted save or retention)" for p in removed]
 
 
@@ -229,12 +229,20 @@ def _half_deleted(path: Path) -> bool:
     return problem is not None and (problem.startswith("no valid") or problem.endswith("is missing"))
 
 
-def _step_dirs(root: Path) -> list[Path]:
+def is_step_dir(path: Path) -> bool:
+    return path.name.startswith("step_") and path.name[5:].isdigit()
+
+
+def step_of(path: Path) -> int:
+    """The step a step_N directory holds."""
+    return int(path.name[5:])
+
+
+def step_dirs(root: Path) -> list[Path]:
     """step_* directories, oldest first."""
     if not root.is_dir():
         return []
-    dirs = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step_") and p.name[5:].isdigit()]
-    return sorted(dirs, key=lambda p: int(p.name[5:]))
+    return sorted((p for p in root.iterdir() if p.is_dir() and is_step_dir(p)), key=step_of)
 
 
 def _read_marker(path: Path) -> dict | None:
@@ -265,7 +273,7 @@ def check_marker(path: Path) -> str | None:
 
 def latest_checkpoint(run_dir) -> Path | None:
     """The newest complete checkpoint of a run, or None; incomplete or truncated ones are skipped."""
-    for p in reversed(_step_dirs(Path(run_dir) / CHECKPOINTS)):
+    for p in reversed(step_dirs(Path(run_dir) / CHECKPOINTS)):
         if check_marker(p) is None:
             return p
     return None
@@ -314,20 +322,20 @@ def unsafe_load_reason(e: BaseException) -> str:
 def newest_valid(run_dir, weights: bool = True) -> tuple[Path, dict, list[str]]:
     """The newest checkpoint that is complete, matches its checksums, reads, holds a valid state.json and (with
     weights) finite weights: (path, load_checkpoint's dict, one line per newer checkpoint skipped and why)."""
-    from gptforge.train.state import TrainState
-
     run_dir = Path(run_dir)
-    dirs, skipped = list(reversed(_step_dirs(run_dir / CHECKPOINTS))), []
+    dirs, skipped = list(reversed(step_dirs(run_dir / CHECKPOINTS))), []
     for path in dirs:
         try:
             loaded = load_checkpoint(path, weights)
             bad = non_finite(loaded["model"], "weights") if weights else None
-            if bad:
-                raise UserError(f"checkpoint {path}: its {bad}")
-            TrainState.from_state_dict(loaded["state"])
-        except (UserError, ValueError) as e:
-            why = str(e).removeprefix(f"checkpoint {path}").lstrip(": ") if isinstance(e, UserError) \
-                else f"state.json {e}"
+            why = f"its {bad}" if bad else None
+            if why is None:
+                TrainState.from_state_dict(loaded["state"])
+        except UserError as e:
+            why = str(e).removeprefix(f"checkpoint {path}").lstrip(": ")
+        except ValueError as e:
+            why = f"state.json {e}"
+        if why:
             skipped.append((path, why))
             continue
         return path, loaded, [f"skipped checkpoint {p} ({why}); using {path.name}: delete {p} if you do not need it"
@@ -345,7 +353,7 @@ def verify_run(run_dir) -> list[str]:
     lines = []
     best = best_name(root)
     latest = latest_checkpoint(run_dir)
-    for p in _step_dirs(root):
+    for p in step_dirs(root):
         try:
             _verify_checksums(p)
         except UserError as e:

@@ -109,11 +109,15 @@ def train(cfg: Config, pretrained: GPT | None = None) -> dict:
     return result
 
 
-def _open_run_dir(run_dir: Path, cfg: Config, tokenizer: Tokenizer | None, launch: float, fresh: bool) -> MetricsLog:
-    """RUN_DIR with the resolved config and the tokenizer; its metrics.jsonl (started over unless resuming)."""
+def _write_config(run_dir: Path, cfg: Config) -> None:
     text = to_toml(cfg)
     with writing(run_dir / "config.toml", len(text.encode())):
         atomic_write_text(run_dir / "config.toml", text)
+
+
+def _open_run_dir(run_dir: Path, cfg: Config, tokenizer: Tokenizer | None, launch: float, fresh: bool) -> MetricsLog:
+    """RUN_DIR with the resolved config and the tokenizer; its metrics.jsonl (started over unless resuming)."""
+    _write_config(run_dir, cfg)
     if tokenizer is not None:
         with writing(run_dir / "tokenizer"):
             tokenizer.save(run_dir / "tokenizer")
@@ -131,15 +135,6 @@ def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: C
         console.print("samples during training are off with FSDP (each rank holds a shard); sample a checkpoint "
                       "with `gptforge sample RUN_DIR`")
     return wanted and not fsdp
-
-
-def _record_micro_batches(cfg: Config, state: TrainState, run_dir: Path | None) -> Config:
-    """After an out-of-memory retry: the smaller micro-batches go into the state and (rank 0) config.toml."""
-    state.config = cfg.flat()
-    if run_dir is not None:
-        with writing(run_dir / "config.toml"):
-            atomic_write_text(run_dir / "config.toml", to_toml(cfg))
-    return cfg
 
 
 def _stop_for_nans(saver: Saver, state: TrainState, guard: LossGuard, log: MetricsLog | None, lr: float,
@@ -293,7 +288,10 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                                 device=device, step_model=step_model, scaler=scaler, autocast=autocast,
                                 grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)
             if result.shrunk:  # out of memory: the run continues with smaller micro-batches; record them
-                cfg = _record_micro_batches(fit.applied(cfg), state, run_dir if main else None)
+                cfg = fit.applied(cfg)
+                state.config = cfg.flat()
+                if main:
+                    _write_config(run_dir, cfg)
             state.step += 1
             state.tokens_seen += cfg.tokens_per_iter
             dt = time.time() - t0

@@ -15,21 +15,18 @@ from gptforge.model.gpt import GPT
 from gptforge.train.checkpoint import (
     CHECKPOINTS,
     check_marker,
+    is_step_dir,
     latest_checkpoint,
     load_checkpoint,
     newest_valid,
+    step_dirs,
     step_name,
+    step_of,
 )
 
 
-def _is_step_dir(path: Path) -> bool:
-    return path.name.startswith("step_") and path.name[5:].isdigit()
-
-
 def _choices(run_dir: Path) -> str:
-    root = run_dir / CHECKPOINTS
-    found = [p for p in root.iterdir() if _is_step_dir(p) and p.is_dir()] if root.is_dir() else []
-    steps = sorted(int(p.name[5:]) for p in found if check_marker(p) is None)
+    steps = [step_of(p) for p in step_dirs(run_dir / CHECKPOINTS) if check_marker(p) is None]
     return f"complete ones: --step {', '.join(map(str, steps))}" if steps else "it has no complete checkpoint"
 
 
@@ -39,12 +36,12 @@ def find_checkpoint(path, step: int | None = None) -> tuple[Path, Path]:
     path = Path(path)
     if not path.is_dir():
         run_dir = path.parent.parent
-        if _is_step_dir(path) and path.parent.name == CHECKPOINTS and run_dir.is_dir():  # e.g. pruned by keep_last
+        if is_step_dir(path) and path.parent.name == CHECKPOINTS and run_dir.is_dir():  # e.g. pruned by keep_last
             raise UserError(f"checkpoint {path} does not exist; {_choices(run_dir)}")
         raise UserError(f"run directory {path} does not exist")
-    if _is_step_dir(path):
+    if is_step_dir(path):
         run_dir, ckpt = (path.parent.parent if path.parent.name == CHECKPOINTS else path.parent), path
-        if step is not None and step != int(path.name[5:]):
+        if step is not None and step != step_of(path):
             raise UserError(f"--step {step} does not match the checkpoint given, {path}")
     elif step is not None:
         run_dir, ckpt = path, path / CHECKPOINTS / step_name(step)
@@ -65,7 +62,7 @@ def load_run(path, device: torch.device, step: int | None = None):
     a step_N path), else of the newest that verifies; a newer one that does not (corrupt, non-finite weights) is
     skipped with a line on stderr."""
     path = Path(path)
-    if step is not None or _is_step_dir(path):
+    if step is not None or is_step_dir(path):
         run_dir, path = find_checkpoint(path, step)
         ckpt = load_checkpoint(path)
     else:

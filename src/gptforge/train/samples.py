@@ -9,6 +9,7 @@ import torch
 from gptforge.data.tokenizers import Tokenizer
 from gptforge.errors import UserError
 from gptforge.fsutil import atomic_write_text, writing
+from gptforge.train.checkpoint import step_name
 
 
 def complete(model, tokenizer: Tokenizer, prompt: str, max_new_tokens: int, device, autocast) -> str | None:
@@ -38,7 +39,7 @@ def write_samples(model, tokenizer, prompts, max_new_tokens, step, run_dir: Path
     model.train()
     for line in lines:
         console.print(f"  sample {line}")
-    path, text = run_dir / "samples" / f"step_{step:08d}.txt", "\n".join(lines) + "\n"
+    path, text = run_dir / "samples" / f"{step_name(step)}.txt", "\n".join(lines) + "\n"
     with writing(path, len(text.encode())):  # disk full: one line from train, not a traceback
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
