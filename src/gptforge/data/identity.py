@@ -75,6 +75,10 @@ class IdentityCheck:
 
 def compare_identity(before: dict, now: dict) -> IdentityCheck:
     """How the dataset `now` relates to the one a run saw `before` (both from `dataset_identity`)."""
+    if before.get("kind") != now.get("kind"):  # a gptforge DATA_DIR against a nanoGPT folder
+        return IdentityCheck("other", f"the checkpoint's is a {before.get('kind')} dataset of "
+                                      f"{before.get('train_tokens', 0):,} train tokens, this is a {now.get('kind')} "
+                                      f"one of {now.get('train_tokens', 0):,}")
     old, new = list(before.get("versions", [])), list(now.get("versions", []))
     if before.get("tokenizer") != now.get("tokenizer"):
         return IdentityCheck("other", f"another tokenizer ({before.get('tokenizer')} then, {now.get('tokenizer')} now)")

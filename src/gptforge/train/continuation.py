@@ -41,20 +41,13 @@ class DataCheck:
         return self.relation == "other"
 
 
-def _compare(before: dict, now: dict) -> tuple[str, str]:
-    if before.get("kind") != now.get("kind"):
-        return "other", (f"the checkpoint's is a {before.get('kind')} dataset of {before.get('train_tokens', 0):,} "
-                         f"train tokens, this is a {now.get('kind')} one of {now.get('train_tokens', 0):,}")
-    check = compare_identity(before, now)
-    return check.relation, check.detail
-
-
 def check_dataset(saved: TrainState, dataset: Dataset, data_changed: str) -> DataCheck:
     """How `dataset` relates to the one the checkpoint was trained on; a UserError for another dataset unless
     data_changed is "ok"."""
     entry = saved.dataset or {}
     if entry.get("identity"):
-        relation, detail = _compare(entry["identity"], dataset.identity)
+        check = compare_identity(entry["identity"], dataset.identity)
+        relation, detail = check.relation, check.detail
     elif saved.loader and (problem := shards_mismatch(saved.loader, dataset)):
         relation, detail = "other", problem
     else:

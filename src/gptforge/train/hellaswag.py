@@ -18,7 +18,7 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -187,10 +187,16 @@ def stderr(p: float, n: int) -> float:
     return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
+def rank_rows(encoded: list, block_size: int, rank: int, world: int) -> tuple[list, list[int]]:
+    """This rank's share of the encoded items as rows, and an order that groups similar lengths (less padding)."""
+    rows = [item_rows(ctx, ends, block_size) for ctx, ends in encoded[rank::world]]
+    return rows, sorted(range(len(rows)), key=lambda i: max(map(len, rows[i][0])))
+
+
 def score(model, tokenizer, items: list[Item], device: torch.device, autocast=None,
-          items_per_forward: int | None = None, encoded: list | None = None) -> Result:
+          items_per_forward: int | None = None, encoded: list | None = None, prepared: tuple | None = None) -> Result:
     """HellaSwag acc and acc_norm of `model` on `items` (split across ranks under torchrun); `encoded`: the
-    items as `encode` gave them, when encoded before."""
+    items as `encode` gave them, when encoded before; `prepared`: this rank's `rank_rows`, when made before."""
     if not items:
         raise UserError("HellaSwag: no items to score")
     start = time.perf_counter()
@@ -200,8 +206,7 @@ def score(model, tokenizer, items: list[Item], device: torch.device, autocast=No
     if encoded is None:
         encoded = encode(tokenizer, items, model.vocab_size)  # all of them on every rank: all skip, or none does
     mine = items[rank::world]
-    rows = [item_rows(ctx, ends, block_size) for ctx, ends in encoded[rank::world]]
-    order = sorted(range(len(mine)), key=lambda i: max(map(len, rows[i][0])))  # similar lengths: less padding
+    rows, order = prepared or rank_rows(encoded, block_size, rank, world)
     forwards = math.ceil(math.ceil(len(items) / world) / per_forward)  # the same on every rank: FSDP needs it
     counts = torch.zeros(4, dtype=torch.float64)  # correct by sum, correct by mean, items, tokens
     was_training = model.training
@@ -239,13 +244,17 @@ class DuringTraining:
     eval_interval: int
     items: list[Item]
     encoded: list
+    rows: dict = field(default_factory=dict, compare=False)  # rank_rows by (block_size, rank, world): made once
 
     def due(self, step: int, last_step: bool) -> bool:
         # evals fall on multiples of eval_interval: due when a multiple of interval was passed since the last one
         return last_step or step // self.interval > (step - self.eval_interval) // self.interval
 
     def score(self, model, device: torch.device, autocast=None) -> Result:
-        return score(model, None, self.items, device, autocast, encoded=self.encoded)
+        key = (model.cfg.block_size, dist.rank(), dist.world_size())
+        if key not in self.rows:
+            self.rows[key] = rank_rows(self.encoded, *key)
+        return score(model, None, self.items, device, autocast, encoded=self.encoded, prepared=self.rows[key])
 
 
 def during_training(interval: int, eval_interval: int, path: str, limit: int, tokenizer, vocab_size: int,
@@ -265,5 +274,7 @@ def during_training(interval: int, eval_interval: int, path: str, limit: int, to
         why = f"HellaSwag during training is off: {e}"
     if dist.any_true_each([why is not None], device)[0]:
         return None, why or "HellaSwag during training is off: another process could not read its items"
+    if not dist.is_main():  # only rank 0 prints it, and describing the file hashes it
+        return scorer, None
     return scorer, (f"HellaSwag at the evals every {interval:,} steps and at the end: "
                     f"{describe_items(path, len(items), bool(limit))}")
