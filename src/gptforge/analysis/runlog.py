@@ -140,7 +140,7 @@ def read_run(run_dir: str | Path) -> RunLog:
 
 def val_parts(e: Eval) -> dict[str, float]:
     """The eval's val loss per dataset part ({name: loss}) when the trainer logged them, else {}."""
-    parts = getattr(e, "val_parts", None) or e.extra.get("val_parts")
+    parts = e.val_parts
     if not isinstance(parts, dict):
         return {}
     return {str(k): float(v) for k, v in parts.items() if finite(v)}

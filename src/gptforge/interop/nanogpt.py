@@ -97,7 +97,7 @@ def _convert_model(state: dict, model: GPT, where: Path) -> dict:
     return out
 
 
-def _convert_optimizer(saved: dict, model: GPT, optimizer, bias: bool, where: Path) -> dict:
+def _convert_optimizer(saved: dict, model: GPT, optimizer, bias: bool) -> dict:
     """nanoGPT's AdamW state (groups: matrices with decay, the rest without) mapped by parameter name
     onto gptforge's optimizer; hyperparameters come from the config, as on every resume."""
     names = nanogpt_param_names(model.cfg.n_layer, bias)
@@ -214,10 +214,11 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
 
     optimizer = build_optimizer(model, cfg.optim, "cpu")
     optimizer_state, moments = optimizer.state_dict(), "no optimizer state in the file: AdamW starts fresh"
+    carried = False
     if ckpt.get("optimizer"):
         try:
-            optimizer_state = _convert_optimizer(ckpt["optimizer"], model, optimizer, cfg.model.bias, ckpt_path)
-            moments = "AdamW moments carried over"
+            optimizer_state = _convert_optimizer(ckpt["optimizer"], model, optimizer, cfg.model.bias)
+            moments, carried = "AdamW moments carried over", True
         except OptimizerMismatch as e:
             optimizer = build_optimizer(model, cfg.optim, "cpu")  # a clean one: the failed load may have touched it
             optimizer_state = optimizer.state_dict()
@@ -229,7 +230,7 @@ def import_nanogpt_command(checkpoint, out, data=None) -> Path:
     state = TrainState(step=step, tokens_seen=step * cfg.tokens_per_iter, config=cfg.flat(), tokenizer=identity,
                        best_val_loss=float(best) if best is not None else float("inf"),
                        imported_from={"nanogpt_checkpoint": str(ckpt_path.resolve()), "iter_num": step,
-                                      "optimizer": "carried over" if moments.startswith("AdamW moments") else "fresh"})
+                                      "optimizer": "carried over" if carried else "fresh"})
     if dataset is not None:
         state.loader = TrainLoader(dataset, cfg.train.batch_size, cfg.model.block_size, cfg.train.seed).state_dict()
         state.epoch = state.tokens_seen / dataset.train_tokens

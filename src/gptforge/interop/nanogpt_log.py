@@ -32,10 +32,10 @@ from gptforge.interop.nanogpt_config import (
     read_config_file,
     to_gptforge,
 )
+from gptforge.train.devices import NANOGPT_MFU_PEAK
 from gptforge.train.events import Event, from_dict
 from gptforge.train.optim import lr_multiplier
 
-NANOGPT_PEAK_FLOPS = 312e12  # nanoGPT's estimate_mfu: an A100's bf16 peak, whatever the device
 _NUM = r"[-+]?(?:\d[\d,]*\.?\d*(?:[eE][-+]?\d+)?|nan|inf)"
 ECHO = re.compile(r"^Overriding config with (.+):$")
 OVERRIDE = re.compile(r"^Overriding: (\w+) = (.*)$")
@@ -176,7 +176,7 @@ def world_size(launch: Launch, settings: dict, params: int) -> int:
     d, layers, block = settings["n_embd"], settings["n_layer"], settings["block_size"]
     accum = int(settings["gradient_accumulation_steps"])
     flops = (6 * (params - block * d) + 12 * layers * d * block) * block * settings["batch_size"] * accum
-    ratios = sorted(mfu / 100 * NANOGPT_PEAK_FLOPS * ms / 1000 / flops for _, n, _, ms, mfu in
+    ratios = sorted(mfu / 100 * NANOGPT_MFU_PEAK * ms / 1000 / flops for _, n, _, ms, mfu in
                     (r for r in launch.records if r[0] == "iter") if mfu > 0 and n > 0 and math.isfinite(ms))
     if not ratios:
         return 1

@@ -70,6 +70,7 @@ def autocast(device: torch.device, dtype: torch.dtype):
 # FP16 accumulation or with sparsity; training accumulates in FP32, which runs at half that rate on
 # GeForce cards, so those entries use the "BF16 Tensor TFLOPS with FP32 Accumulate", dense.
 # Matched against torch.cuda.get_device_name() lower-cased; the first pattern contained in the name wins.
+NANOGPT_MFU_PEAK = 312e12  # nanoGPT's estimate_mfu divides by an A100's dense bf16 peak, whatever the GPU
 PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("gh200", 989e12),  # GH200 datasheet: the H100/H200 SXM tensor core, 989 TFLOPS dense bf16
     ("h200 nvl", 835e12),  # H200 NVL datasheet: 1,671 TFLOPS bf16 with sparsity -> 835 dense
@@ -77,7 +78,7 @@ PEAK_BF16_FLOPS: list[tuple[str, float]] = [
     ("h100 nvl", 835e12),  # H100 NVL datasheet: 1,671 with sparsity -> 835 dense
     ("h100 pcie", 756e12),  # H100 PCIe datasheet: 1,513 TFLOPS bf16 with sparsity -> 756 dense
     ("h100", 989e12),  # H100 SXM datasheet ("H100 80GB HBM3"): 1,979 with sparsity -> 989 dense
-    ("a100", 312e12),  # A100 datasheet (SXM and PCIe, 40/80 GB): 312 TFLOPS bf16 dense
+    ("a100", NANOGPT_MFU_PEAK),  # A100 datasheet (SXM and PCIe, 40/80 GB): 312 TFLOPS bf16 dense
     ("l40s", 362e12),  # L40S datasheet: 733 TFLOPS bf16 with sparsity -> 362 dense
     ("l40", 181e12),  # L40 datasheet: 362 TFLOPS bf16 with sparsity -> 181 dense
     ("l4", 121e12),  # L4 datasheet: 242 TFLOPS bf16 with sparsity -> 121 dense

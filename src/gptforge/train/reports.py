@@ -70,7 +70,7 @@ def mfu_basis(start: Start, override: float = 0.0) -> str:
         return (f"mfu: n/a, no peak FLOP/s known for {start.device_name} (set peak_flops to measure against one)")
     source = "the peak_flops setting" if override else "its dense bf16 peak (train/devices.py)"
     return (f"mfu: against {start.peak_flops / 1e12:g} TFLOPS per GPU, {source}; nanoGPT's mfu is against an A100's "
-            f"312 whatever the GPU: x {start.peak_flops / 312e12:.2f} gives that figure")
+            f"312 whatever the GPU: x {start.peak_flops / devices.NANOGPT_MFU_PEAK:.2f} gives that figure")
 
 
 def report_step(result: StepResult, guard: LossGuard, skip_spikes: bool, console: Console,

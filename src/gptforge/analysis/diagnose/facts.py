@@ -12,9 +12,9 @@ from gptforge.analysis import curves
 from gptforge.analysis.diagnose.growth import Growth, VersionSpan, growths, version_spans
 from gptforge.analysis.diagnose.standing import SwagTrend, hellaswag_trend, where_it_stands
 from gptforge.analysis.runlog import RunLog, finite, val_parts
+from gptforge.train.devices import NANOGPT_MFU_PEAK
 
 PER_SEQUENCE_LOSS_SPREAD = 0.4  # typical std of a sequence's mean loss on web text (nats), for eval noise
-A100_PEAK = 312e12  # nanoGPT's MFU is against an A100's dense bf16 peak, whatever the GPU
 SPIKE_RUN_GAP = 5  # spike reports at most this many steps apart belong to one run of reports
 LEVEL_SHIFT_SPIKES = 10  # a run of this many reports is the loss moving to a new level, not spikes
 AFTER_BOUNDARY = 50  # steps after a growth or resume in which a run of spike reports is the new level
@@ -54,7 +54,6 @@ class Facts:
     tokens_seen: int
     dataset_train_tokens: int | None
     epochs: float | None  # over the current dataset
-    planned_epochs: float | None
     params: int | None
     params_non_embedding: int | None
     tokens_per_param: float | None
@@ -66,8 +65,6 @@ class Facts:
     since: int | None  # the step the current dataset version began (None: one version)
     device: str | None
     device_name: str | None
-    world_size: int
-    skipped_lines: int
     checkpoint_steps: list[int]
     # the losses
     evals: int
@@ -79,7 +76,6 @@ class Facts:
     gap_trend: curves.Trend | None
     curve: str  # "val" or "train": the curve whose trend matters
     trend: curves.Trend
-    train_trend: curves.Trend | None
     # instability
     rebound: curves.Rebound | None
     blowup: curves.Rebound | None  # the largest climb over all steps (warmup included) that did not come back
@@ -164,15 +160,14 @@ def _size(run: RunLog, config: dict, dataset_train_tokens: int | None, chars_per
     params = start.params
     max_iters = start.max_iters or config.get("max_iters") or last_step
     return dict(last_step=last_step, max_iters=max_iters, tokens_per_iter=tokens_per_iter, tokens_seen=tokens_seen,
-                dataset_train_tokens=data_tokens, epochs=epochs, planned_epochs=start.planned_epochs, params=params,
+                dataset_train_tokens=data_tokens, epochs=epochs, params=params,
                 params_non_embedding=start.params_non_embedding,
                 tokens_per_param=tokens_seen / params if params else None, chars_per_token=chars_per_token,
                 end_reason=run.end_reason, progress=last_step / max_iters if max_iters else None,
                 versions=spans, growths=growths(run, spans),
                 # comparisons on the val curve stay after the last change of dataset (the val split may differ)
                 since=spans[-1].start_step if len(spans) > 1 else None,
-                device=start.device, device_name=start.device_name, world_size=start.world_size or 1,
-                skipped_lines=run.skipped_lines, checkpoint_steps=[e.step for e in run.checkpoints])
+                device=start.device, device_name=start.device_name, checkpoint_steps=[e.step for e in run.checkpoints])
 
 
 def _losses(run: RunLog, since: int | None) -> dict:
@@ -197,8 +192,7 @@ def _losses(run: RunLog, since: int | None) -> dict:
     # the curve whose plateau matters: val (what generalises), else the logged train loss
     curve = "val" if len(val_pts) >= curves.MIN_POINTS else "train"
     out.update(gap_trend=curves.trend(gaps) if len(gaps) >= 3 else None, curve=curve,
-               trend=curves.trend(val_pts if curve == "val" else train_pts, since=since),
-               train_trend=curves.trend(train_pts, since=since) if len(train_pts) >= 3 else None)
+               trend=curves.trend(val_pts if curve == "val" else train_pts, since=since))
     return out
 
 
@@ -274,7 +268,7 @@ def _speed(run: RunLog, config: dict) -> dict:
     mfus = [e.mfu for e in clean if finite(e.mfu)]
     peak = run.start.peak_flops
     a100 = [v for s, v in sorted(run.printed_mfu.items()) if s not in run.time_includes] if run.printed_mfu else [
-        m * peak / A100_PEAK for m in mfus] if peak else []
+        m * peak / NANOGPT_MFU_PEAK for m in mfus] if peak else []
     times = sorted(e.dt_ms for e in clean if finite(e.dt_ms))
     inflated = [(e.step, e.dt_ms, run.time_includes[e.step]) for e in run.logs
                 if e.step in run.time_includes and finite(e.dt_ms)]

@@ -158,7 +158,7 @@ def _smaller_model(f: Facts) -> str | None:
             f"{CHINCHILLA:.0f} tokens per parameter suit ~{count(fits)} parameters (this one has {count(f.params)})")
 
 
-def _data_limited(f: Facts, run: RunLog) -> Finding | None:
+def _data_limited(f: Facts) -> Finding | None:
     """Many epochs, and the loss has stopped paying for them: a plateau, or a gap that widens while it falls."""
     if not f.epochs or f.epochs < MANY_EPOCHS or not (f.trend.status == "plateau" or _widening(f)):
         return None
@@ -378,15 +378,12 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
     if findings[0] is None:
         findings += [_lr_too_high(f, run, config), _nan_skips(f)]
     if findings[0] is None and findings[1] is None:  # (a diverged run's epochs and plateau say nothing)
-        findings += [_data_limited(f, run), _plateau(f)]
+        findings += [_data_limited(f), _plateau(f)]
     findings += [_still_improving(f), _undertrained(f) if findings[0] is None else None, _unfinished(f),
                  _warmup_too_long(f),
                  *speed.throughput(f), speed.step_times(f), speed.eval_noise(f, config), *_level_shifts(f, config)]
     findings += [Finding("data_grew", *finding_parts(g)) for g in f.growths]
     findings.append(hellaswag_finding(f.hellaswag, f.params, f.trend.status))
-    found = [x for x in findings if x is not None]
-    if not any(x.kind in ("lr_too_high", "diverged") for x in found):
-        found.append(_spikes(f, run))
-    found = [x for x in found if x is not None]
-    found.sort(key=lambda x: -x.score)
-    return Diagnosis(f, found)
+    if not any(x is not None and x.kind in ("lr_too_high", "diverged") for x in findings):
+        findings.append(_spikes(f, run))
+    return Diagnosis(f, sorted((x for x in findings if x is not None), key=lambda x: -x.score))

@@ -6,9 +6,10 @@ from __future__ import annotations
 import math
 import statistics
 
-from gptforge.analysis.diagnose.facts import A100_PEAK, PER_SEQUENCE_LOSS_SPREAD, Facts
+from gptforge.analysis.diagnose.facts import PER_SEQUENCE_LOSS_SPREAD, Facts
 from gptforge.analysis.diagnose.finding import Finding
 from gptforge.fmt import count
+from gptforge.train.devices import NANOGPT_MFU_PEAK
 
 LOW_MFU = 0.20
 
@@ -25,7 +26,7 @@ def mfu_text(f: Facts) -> str | None:
     if a100 is not None:
         how = "as nanoGPT printed it" if f.trainer == "nanoGPT" else "the same FLOP/s"
         parts.append(f"{a100.median * 100:.2f}% in nanoGPT's convention ({how}: against an A100's "
-                     f"{A100_PEAK / 1e12:.0f} TFLOPS whatever the device)")
+                     f"{NANOGPT_MFU_PEAK / 1e12:.0f} TFLOPS whatever the device)")
     if real is None and f.trainer == "nanoGPT":
         parts.append("on a CPU a GPU's peak means nothing" if f.device == "cpu" else
                      "pass --gpu NAME for MFU against the real GPU's peak")

@@ -149,7 +149,7 @@ def _time_block(plan: dict) -> list[str]:
     return lines
 
 
-def render_plan(cfg: Config, plan: dict) -> str:
+def render_plan(plan: dict) -> str:
     cfg = plan["config"]  # (batch_size "auto" resolved)
     m = cfg.model
     title = (f"plan: {m.arch} GPT, {m.n_layer} layers x {m.n_embd} wide, {m.n_head} heads, block {m.block_size}, "
@@ -163,7 +163,7 @@ def render_plan(cfg: Config, plan: dict) -> str:
 
 def plan_command(cfg: Config, data=None, gpu=None, vocab_size=None, mfu=None, processes=1, config_path=None) -> dict:
     plan = make_plan(cfg, data=data, gpu=gpu, vocab_size=vocab_size, mfu=mfu, processes=processes)
-    print(render_plan(cfg, plan))
+    print(render_plan(plan))
     if config_path:
         total = plan["total_params"]
         for line, claimed in claimed_sizes(config_path):
