@@ -23,6 +23,7 @@ from gptforge.train import devices, dist, parallel
 from gptforge.train.devices import mfu, peak_flops
 from gptforge.train.feed import HostToDevice
 from gptforge.train.guard import LossGuard
+from gptforge.train.loader import StepBatches
 from gptforge.train.optim import build_optimizer
 from gptforge.train.step import train_step
 
@@ -32,33 +33,17 @@ class SyntheticBatches:
     device. `seconds` is the host time spent making them: an upper bound on the device's wait for data
     (the step reads the next micro-batch while the device runs the current forward)."""
 
-    def __init__(self, batch: int, block: int, vocab: int, seed: int):
+    def __init__(self, block: int, vocab: int, seed: int):
         self.generator = torch.Generator().manual_seed(seed)
-        self.shape, self.vocab = (batch, block + 1), vocab
+        self.block, self.vocab = block, vocab
         self.seconds = 0.0
 
-    def step(self, count: int):
-        """One optimizer step's `count` micro-batches, each made when the step asks for it."""
-        return _Sized(count, self._batches(count))
-
-    def _batches(self, count: int):
-        for _ in range(count):
-            started = time.perf_counter()
-            tokens = torch.randint(0, self.vocab, self.shape, generator=self.generator)
-            batch = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
-            self.seconds += time.perf_counter() - started
-            yield batch
-
-
-class _Sized:
-    def __init__(self, count: int, items):
-        self.count, self.items = count, items
-
-    def __len__(self) -> int:
-        return self.count
-
-    def __iter__(self):
-        return iter(self.items)
+    def next_batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        started = time.perf_counter()
+        tokens = torch.randint(0, self.vocab, (size, self.block + 1), generator=self.generator)
+        batch = tokens[:, :-1].contiguous(), tokens[:, 1:].contiguous()
+        self.seconds += time.perf_counter() - started
+        return batch
 
 
 def _sync(device: torch.device) -> None:
@@ -104,11 +89,11 @@ def _bench(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict:
     autocast = devices.autocast(device, dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     accum = tc.gradient_accumulation_steps // world
-    data = SyntheticBatches(tc.batch_size, model_cfg.block_size, model_cfg.vocab_size, tc.seed + dist.rank())
+    data = SyntheticBatches(model_cfg.block_size, model_cfg.vocab_size, tc.seed + dist.rank())
     guard, feed = LossGuard(spike_sigma=0.0, max_nan_skips=steps + warmup, after_step=0), HostToDevice(device)
 
     def one_step(i: int) -> float:
-        return train_step(model, optimizer, data.step(accum), step=i, guard=guard, device=device,
+        return train_step(model, optimizer, StepBatches(data, accum, tc.batch_size), step=i, guard=guard, device=device,
                           step_model=step_model, scaler=scaler, autocast=autocast, grad_clip=cfg.optim.grad_clip,
                           to_device=feed).loss
 
