@@ -13,6 +13,7 @@ from gptforge.analysis.diagnose.growth import Growth, VersionSpan, growths, vers
 from gptforge.analysis.diagnose.standing import SwagTrend, hellaswag_trend, where_it_stands
 from gptforge.analysis.runlog import RunLog, finite, val_parts
 from gptforge.train.devices import NANOGPT_MFU_PEAK
+from gptforge.train.events import Spike
 
 PER_SEQUENCE_LOSS_SPREAD = 0.4  # typical std of a sequence's mean loss on web text (nats), for eval noise
 SPIKE_RUN_GAP = 5  # spike reports at most this many steps apart belong to one run of reports
@@ -84,7 +85,8 @@ class Facts:
     level_shifts: list[SpikeRun]
     oscillation: float
     spikes: int
-    spikes_after_warmup: int
+    isolated_spikes: list[Spike]  # the spikes that are not part of a level shift
+    spikes_after_warmup: int  # of those
     nan_skips: int
     max_consecutive_nan: int
     max_nan_skips: int
@@ -239,13 +241,13 @@ def _instability(run: RunLog, config: dict, spans: list[VersionSpan], since: int
     rebounds = [r for r in map(curves.worst_rebound, by_version(after_warmup)) if r is not None]
     runs = _spike_runs(run)
     shifts = [r for r in runs if r.after or r.count >= LEVEL_SHIFT_SPIKES]
-    shifted = {e.step for e in run.spikes for r in shifts if r.first <= e.step <= r.last}
+    isolated = [e for e in run.spikes if not any(r.first <= e.step <= r.last for r in shifts)]
     grad_norms = [e.grad_norm for e in run.logs if finite(e.grad_norm)]
     nonfinite = [e.step for e in run.logs if isinstance(e.loss, float) and not math.isfinite(e.loss)]
     return dict(rebound=max(rebounds, key=lambda r: r.rise) if rebounds else None, blowup=_blowup(by_version(points)),
                 nonfinite_losses=len(nonfinite), first_nonfinite_step=nonfinite[0] if nonfinite else None,
                 level_shifts=shifts, oscillation=curves.oscillation(after_warmup), spikes=len(run.spikes),
-                spikes_after_warmup=sum(1 for e in run.spikes if e.step >= warmup and e.step not in shifted),
+                isolated_spikes=isolated, spikes_after_warmup=sum(1 for e in isolated if e.step >= warmup),
                 nan_skips=len(run.nan_skips),
                 max_consecutive_nan=max([e.consecutive or 1 for e in run.nan_skips] or [0]),
                 max_nan_skips=config.get("max_nan_skips", 5),

@@ -260,9 +260,8 @@ def _lr_too_high(f: Facts, run: RunLog, cfg: dict) -> Finding | None:
     return Finding("lr_too_high", 80, "The learning rate looks too high: the loss oscillates and spikes", ev, advice)
 
 
-def _spikes(f: Facts, run: RunLog) -> Finding | None:
-    shifted = {s for r in f.level_shifts for s in range(r.first, r.last + 1)}
-    spikes = [e for e in run.spikes if e.step not in shifted]
+def _spikes(f: Facts) -> Finding | None:
+    spikes = f.isolated_spikes
     if not spikes:
         return None
     e = spikes[0]
@@ -385,5 +384,5 @@ def analyse(run: RunLog, config: dict, dataset_train_tokens: int | None = None,
     findings += [Finding("data_grew", *finding_parts(g)) for g in f.growths]
     findings.append(hellaswag_finding(f.hellaswag, f.params, f.trend.status))
     if not any(x is not None and x.kind in ("lr_too_high", "diverged") for x in findings):
-        findings.append(_spikes(f, run))
+        findings.append(_spikes(f))
     return Diagnosis(f, sorted((x for x in findings if x is not None), key=lambda x: -x.score))
