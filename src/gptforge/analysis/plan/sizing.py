@@ -135,17 +135,27 @@ def memory_mode(cfg: Config) -> str:
     return "eager" if cfg.train.compile == "false" else "compiled"
 
 
+def _first_fitting(cfg: Config, counts: ParamCounts, vocab_size: int, sequences: int, processes: int,
+                  capacity_gib: float) -> tuple[tuple[int, int] | None, float | None]:
+    """The split of `sequences` with the largest micro-batch that the memory model fits in `capacity_gib`, and what
+    it needs; (None, None) when none fits."""
+    mode = memory_mode(cfg)
+    for split in batch_splits(sequences, processes):  # largest micro-batch first
+        needed = memory_estimate(cfg, counts, vocab_size, split[0], mode, processes).needed_gib
+        if needed <= capacity_gib:
+            return split, needed
+    return None, None
+
+
 def resolve_auto_batch(cfg: Config, counts: ParamCounts, vocab_size: int, gpu: Gpu | None, processes: int,
                        notes: list[str]) -> Config:
     """batch_size "auto" as the launch would likely resolve it: on `gpu`, the largest split the memory model
     says fits; without a card, micro-batch 1 (the launch measures; --gpu NAME estimates)."""
     sequences = cfg.tokens_per_iter // cfg.model.block_size
     splits = batch_splits(sequences, processes) or [(1, sequences)]
-    mode = memory_mode(cfg)
     chosen = splits[-1]
     if gpu is not None:
-        chosen = next((s for s in splits if memory_estimate(cfg, counts, vocab_size, s[0], mode, processes).needed_gib
-                       <= gpu.capacity_gib), splits[-1])
+        chosen = _first_fitting(cfg, counts, vocab_size, sequences, processes, gpu.capacity_gib)[0] or splits[-1]
         notes.append(f'batch_size "auto": on {gpu.label} the memory model picks micro-batch {chosen[0]} x '
                      f"{chosen[1]} accumulation; the launch measures the device and may pick another")
     else:
@@ -162,12 +172,7 @@ def fit_advice(cfg: Config, counts: ParamCounts, vocab_size: int, gpu: Gpu, proc
     sequences = tc.batch_size * tc.gradient_accumulation_steps
     usable = gpu.capacity_gib
     now = memory_estimate(cfg, counts, vocab_size, tc.batch_size, mode, processes).needed_gib
-    best, best_needed = None, None
-    for b, a in batch_splits(sequences, processes):  # largest micro-batch first
-        needed = memory_estimate(cfg, counts, vocab_size, b, mode, processes).needed_gib
-        if needed <= usable:
-            best, best_needed = (b, a), needed
-            break
+    best, best_needed = _first_fitting(cfg, counts, vocab_size, sequences, processes, usable)
     return {"mode": mode, "needed_gib": now, "capacity_gib": usable, "fits": now <= usable,
             "best_split": best, "best_needed_gib": best_needed, "sequences": sequences}
 
