@@ -75,6 +75,12 @@ class Summary:
     seconds: float = 0.0
     val_file: Path | None = None
 
+    def done_line(self, out: Path) -> str:
+        rate = self.bytes / 1e6 / max(self.seconds, 1e-9)
+        val = f"; validation file {self.val_file}" if self.val_file else ""
+        return (f"done: {len(self.fetched)} fetched, {len(self.skipped)} already complete; {self.bytes / 1e6:,.1f} MB "
+                f"in {self.seconds:.1f} s ({rate:,.1f} MB/s) in {out}{val}")
+
 
 # --------------------------------------------------------------------------------------------- the plan
 
@@ -285,10 +291,7 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     progress.close()
     summary.seconds = time.monotonic() - progress.start
     raise_first([e for e in errors_in_order if not isinstance(e, Stopped)])
-    rate = summary.bytes / 1e6 / max(summary.seconds, 1e-9)
-    print(f"done: {len(summary.fetched)} fetched, {len(summary.skipped)} already complete; "
-          f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:.1f} s ({rate:,.1f} MB/s) in {out}"
-          + (f"; validation file {val}" if val else ""), file=print_out, flush=True)
+    print(summary.done_line(out), file=print_out, flush=True)
     return summary
 
 

@@ -381,10 +381,7 @@ def download(name: str, out, shards: int | None, workers: int, start: int = 0, e
     _run_all(hub, files, out, record, workers, summary, line)
     shutil.rmtree(out / STAGING, ignore_errors=True)
     summary.seconds = time.monotonic() - started
-    rate = summary.bytes / 1e6 / max(summary.seconds, 1e-9)
-    print(f"done: {len(summary.fetched)} fetched, {len(summary.skipped)} already complete; "
-          f"{summary.bytes / 1e6:,.1f} MB in {summary.seconds:.1f} s ({rate:,.1f} MB/s) in {out}"
-          + (f"; validation file {summary.val_file}" if summary.val_file else ""), file=print_out, flush=True)
+    print(summary.done_line(out), file=print_out, flush=True)
     return summary
 
 
