@@ -20,6 +20,7 @@ from gptforge.data.identity import compare_identity
 from gptforge.data.manifest import load_manifest, save_manifest
 from gptforge.data.parts import derive_part_name
 from gptforge.data.prepare import prepare
+from gptforge.data.provenance import RECORD, recorded_role
 from gptforge.data.tokenizers import gpt2_tokenizer
 from gptforge.errors import UserError
 
@@ -145,7 +146,7 @@ def test_a_named_datasets_validation_file_becomes_val(tmp_path, monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
-    record = json.loads((down / dl.RECORD).read_text())["files"]
+    record = json.loads((down / RECORD).read_text())["files"]
     assert record["shard_00003.parquet"]["role"] == "val" and record["shard_00000.parquet"]["role"] == "train"
     data = tmp_path / "data"
     m = prepare([str(down)], data)
@@ -161,9 +162,9 @@ def test_a_file_that_is_not_the_one_downloaded_is_not_taken_for_the_val_file(tmp
     down = tmp_path / "down"
     down.mkdir()
     src = write_parquet(down / "shard_00003.parquet", play_texts(2, 2000))
-    (down / dl.RECORD).write_text(json.dumps({"files": {src.name: {"source": "x", "size": 5, "role": "val"}}}))
-    assert dl.recorded_role(src) is None  # another size: not the downloaded file
-    (down / dl.RECORD).write_text(json.dumps({"files": {src.name: {"source": "x", "size": src.stat().st_size,
+    (down / RECORD).write_text(json.dumps({"files": {src.name: {"source": "x", "size": 5, "role": "val"}}}))
+    assert recorded_role(src) is None  # another size: not the downloaded file
+    (down / RECORD).write_text(json.dumps({"files": {src.name: {"source": "x", "size": src.stat().st_size,
                                                                     "role": "val", "sha256": "0" * 64}}}))
     m = prepare([str(src)], tmp_path / "data", val_fraction=0.0)
     assert m["totals"]["val_tokens"] == 0 and m["totals"]["train_tokens"] > 0  # another sha256: an ordinary file

@@ -24,6 +24,7 @@ import pytest
 from gptforge import cli
 from gptforge.data import download as dl
 from gptforge.data import fetcher
+from gptforge.data.provenance import RECORD
 from gptforge.errors import UserError
 
 from fake_http import FAST, Fake, Handler, payload
@@ -68,7 +69,7 @@ def run(name, out, shards=1, **kw):
 
 
 def files_in(d: Path) -> set[str]:
-    return {p.name for p in d.iterdir()} - {dl.RECORD}
+    return {p.name for p in d.iterdir()} - {RECORD}
 
 
 # --------------------------------------------------------------------------------------------- happy paths
@@ -90,7 +91,7 @@ def test_template_downloads_real_bytes_in_parallel_and_reports(server, tmp_path)
     text = out.getvalue()
     assert f"-> {said.resolve()}" in text and "part_001.bin .. part_004.bin" in text
     assert "done: 4 fetched, 0 already complete" in text and "MB/s" in text
-    record = json.loads((said / dl.RECORD).read_text())["files"]
+    record = json.loads((said / RECORD).read_text())["files"]
     assert record["part_002.bin"] == {"source": base + "/data/part_002.bin", "size": len(bodies[2]), "role": "train",
                                       "sha256": hashlib.sha256(bodies[2]).hexdigest()}
 
@@ -144,7 +145,7 @@ def test_partial_file_from_an_earlier_run_is_resumed_not_restarted(server, tmp_p
     assert (tmp_path / "s_0.bin").read_bytes() == body and summary.bytes == 24_000
     # the sha256 recorded covers the whole file, including the bytes from the earlier run
     assert (
-        json.loads((tmp_path / dl.RECORD).read_text())["files"]["s_0.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
+        json.loads((tmp_path / RECORD).read_text())["files"]["s_0.bin"]["sha256"] == hashlib.sha256(body).hexdigest()
     )
 
 
@@ -216,7 +217,7 @@ def test_connection_dropped_for_good_leaves_only_a_part_file_that_resumes_later(
     msg = str(e.value)
     assert msg.startswith(f"{base}/f/s_0.bin: connection dropped after 7,000 of 50,000 bytes")
     assert "gave up after 4 attempts; .s_0.bin.part (7,000 bytes) is kept" in msg
-    assert files_in(tmp_path) == {".s_0.bin.part"} and not (tmp_path / dl.RECORD).exists()
+    assert files_in(tmp_path) == {".s_0.bin.part"} and not (tmp_path / RECORD).exists()
     fake.log.clear()
     run(base + "/f/s_{index}.bin", tmp_path)
     assert [r["range"] for r in fake.log] == ["bytes=7000-"]
@@ -319,7 +320,7 @@ def test_named_dataset_via_mirror_fetches_validation_shard_and_token_stays_on_th
     assert "validation shard_01822.parquet" in out.getvalue()
     assert {r["auth"] for r in mirror.log} == {"Bearer hf_secret"}
     assert {r["auth"] for r in cdn.log} == {None}
-    record = json.loads((tmp_path / dl.RECORD).read_text())["files"]
+    record = json.loads((tmp_path / RECORD).read_text())["files"]
     assert record["shard_01822.parquet"]["role"] == "val"
     assert record["shard_00000.parquet"]["source"] == f"https://huggingface.co{root}/shard_00000.parquet"
     # a rerun with more shards: the complete ones cost one HEAD each on the mirror (its X-Linked-Size), no CDN call
@@ -496,7 +497,7 @@ def test_redirect_to_anything_but_http_is_refused_and_nothing_is_written(server,
         run(base + "/f/s_{index}.bin", out)
     assert str(e.value) == (f"{base}/f/s_0.bin: the server redirects to {target.format(secret=secret)}; "
                             "only http and https redirects are followed")
-    assert files_in(out) == set() and not (out / dl.RECORD).exists()
+    assert files_in(out) == set() and not (out / RECORD).exists()
 
 
 def test_the_opener_itself_cannot_read_files(tmp_path):

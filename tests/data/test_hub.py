@@ -16,6 +16,7 @@ import pytest
 from gptforge.data import download as dl
 from gptforge.data import hub
 from gptforge.data.download import Summary, download
+from gptforge.data.provenance import RECORD
 from gptforge.errors import UserError
 
 from fake_hub import FakeHub, git_oid
@@ -58,7 +59,7 @@ def visible(directory):
 
 
 def record(directory):
-    return json.loads((directory / dl.RECORD).read_text())["files"]
+    return json.loads((directory / RECORD).read_text())["files"]
 
 
 def test_url_parsing_and_globs():
@@ -227,7 +228,7 @@ def test_a_file_from_another_source_is_not_overwritten(fake, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.parquet").write_bytes(b"mine")
-    (out / dl.RECORD).write_text(json.dumps({"files": {"a.parquet": {"source": "https://elsewhere/a.parquet",
+    (out / RECORD).write_text(json.dumps({"files": {"a.parquet": {"source": "https://elsewhere/a.parquet",
                                                                      "size": 4, "role": "train"}}}))
     with pytest.raises(UserError, match="was downloaded from https://elsewhere/a.parquet, not https://huggingface.co"):
         fetch("hf://datasets/o/r/*", out)

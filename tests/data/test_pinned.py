@@ -15,6 +15,7 @@ import pytest
 from gptforge import cli
 from gptforge.data import download as dl
 from gptforge.data import pinned
+from gptforge.data.provenance import RECORD
 from gptforge.errors import UserError
 from gptforge.fsutil import sha256_file
 
@@ -73,7 +74,7 @@ def test_fetched_into_the_cache_then_checked_without_a_request(fake, tmp_path):
     assert target.read_bytes() == DATA and summary.fetched == [target]
     assert out.splitlines()[0] == f"download hellaswag: hellaswag_val.jsonl -> {target.parent} (1 workers)"
     assert out.splitlines()[1] == "  HellaSwag (test pin)"
-    assert sorted(p.name for p in target.parent.iterdir()) == [dl.RECORD, "hellaswag_val.jsonl"]
+    assert sorted(p.name for p in target.parent.iterdir()) == [RECORD, "hellaswag_val.jsonl"]
     server.log.clear()
     summary, _ = fetch(base)
     assert summary.skipped == [target] and server.log == []  # verified on disk, nothing asked

@@ -12,7 +12,6 @@ Standard library only.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import sys
@@ -24,8 +23,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from gptforge.data.fetcher import STOP_WAIT, TOKEN_ENV, Fetcher, Http, Job, RetryPolicy, Stopped
 from gptforge.data.pinned import PINNED, cache_dir
+from gptforge.data.provenance import Record
 from gptforge.errors import UserError, raise_first
-from gptforge.fsutil import atomic_write_json
 from gptforge.progress import StatusLine
 
 _HF = "https://huggingface.co/datasets"
@@ -64,7 +63,6 @@ DATASETS = {
         "ClimbMix 400B, pre-shuffled (nanochat): 6,542 train shards, shard 6542 = validation"),
 }
 
-RECORD = ".gptforge-download.json"
 
 
 @dataclass
@@ -143,33 +141,17 @@ def plan(name: str, out: str | os.PathLike, shards: int | None, start: int = 0,
     return jobs
 
 
-class _Record:
-    """DIR/.gptforge-download.json: the source URL, size and sha256 of every file this command put in DIR."""
-
-    def __init__(self, out: Path):
-        self.path = out / RECORD
-        self.lock = threading.Lock()
-        try:
-            self.files = json.loads(self.path.read_text()).get("files", {})
-        except (OSError, ValueError, AttributeError):
-            self.files = {}
-
+class _JobRecord(Record):
     def check(self, job: Job) -> None:
-        known = self.files.get(job.path.name)
-        if known and known.get("source") != job.source and (job.path.exists() or job.part.exists()):
-            raise UserError(f"{job.path} was downloaded from {known.get('source')}, not {job.source}: "
-                            "use another --out directory for this dataset")
+        self.check_source(job.path, job.source, job.path.exists() or job.part.exists())
 
     def add(self, job: Job, size: int, sha256: str | None) -> None:
-        with self.lock:
-            entry = {"source": job.source, "size": size, "role": job.role}
-            old = self.files.get(job.path.name, {})
-            sha256 = sha256 or (old.get("sha256") if old.get("size") == size else None)
-            if sha256:
-                entry["sha256"] = sha256
-            if old != entry:
-                self.files[job.path.name] = entry
-                atomic_write_json(self.path, {"files": self.files})
+        entry = {"source": job.source, "size": size, "role": job.role}
+        old = self.get(job.path.name)
+        sha256 = sha256 or (old.get("sha256") if old.get("size") == size else None)
+        if sha256:
+            entry["sha256"] = sha256
+        self.put(job.path.name, entry)
 
 
 # --------------------------------------------------------------------------------------------- progress
@@ -247,7 +229,7 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     progress = _Progress(len(jobs), progress_stream)
     stop = threading.Event()  # Ctrl-C: transfers stop between chunks, their .part files stay
     failed = threading.Event()  # a file failed: start no new file, let the running ones finish
-    fetcher = Fetcher(Http(policy, mirror, token), policy, progress, stop, _Record(out))
+    fetcher = Fetcher(Http(policy, mirror, token), policy, progress, stop, _JobRecord(out))
     summary = Summary(val_file=val)
     todo: queue.SimpleQueue = queue.SimpleQueue()
     for index, job in enumerate(jobs):
@@ -293,20 +275,3 @@ def download(name: str, out, shards: int | None, workers: int = 4, mirror: str |
     raise_first([e for e in errors_in_order if not isinstance(e, Stopped)])
     print(summary.done_line(out), file=print_out, flush=True)
     return summary
-
-
-def recorded_role(path: str | os.PathLike, sha256: str | None = None) -> str | None:
-    """The role ("train" or "val") this command recorded for the file at `path`, if it is still the file it
-    downloaded (same size, and same sha256 where both are known); None for any other file. prepare reads it
-    so a named dataset's validation file becomes val."""
-    path = Path(path)
-    try:
-        entry = json.loads((path.parent / RECORD).read_text()).get("files", {}).get(path.name)
-        size = path.stat().st_size
-    except (OSError, ValueError, AttributeError):
-        return None
-    if not isinstance(entry, dict) or entry.get("size") != size:
-        return None
-    if sha256 and entry.get("sha256") and entry["sha256"] != sha256:
-        return None
-    return entry.get("role")

@@ -11,7 +11,6 @@ download.py keeps (DIR/.gptforge-download.json) gets, besides its own keys, the 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import queue
 import re
@@ -23,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from gptforge.data.provenance import Record
 from gptforge.errors import UserError, raise_first
-from gptforge.fsutil import atomic_write_json, fsync_dir
+from gptforge.fsutil import fsync_dir
 from gptforge.progress import StatusLine
 
 PREFIX = "hf://datasets/"
-RECORD = ".gptforge-download.json"  # download.py's provenance file: same format, more keys
 STAGING = ".gptforge-hub"
 PATHS_PER_CALL = 200  # paths-info requests are batched
 
@@ -264,33 +263,13 @@ def _check(f: HubFile, path: Path, remove: bool = True) -> str:
 
 # ------------------------------------------------------------------------------------------------ provenance
 
-class _Record:
-    """download.py's DIR/.gptforge-download.json, with repo, commit and path added to each Hub file's entry."""
-
-    def __init__(self, out: Path):
-        self.path, self.lock = out / RECORD, threading.Lock()
-        try:
-            self.doc = json.loads(self.path.read_text(encoding="utf-8"))
-            assert isinstance(self.doc.get("files"), dict)
-        except (OSError, ValueError, AttributeError, AssertionError):
-            self.doc = {"files": {}}
-
-    def get(self, name: str) -> dict:
-        return self.doc["files"].get(name) or {}
-
+class _Record(Record):
     def check(self, f: HubFile) -> None:
-        known = self.get(f.name).get("source")
-        if known and known != f.source and f.dest.exists():
-            raise UserError(f"{f.dest} was downloaded from {known}, not {f.source}: "
-                            "use another --out directory for this dataset")
+        self.check_source(f.dest, f.source, f.dest.exists())
 
     def add(self, f: HubFile, sha256: str) -> None:
-        entry = {"source": f.source, "size": f.size, "role": f.role, "sha256": sha256,
-                 "repo": f.repo, "revision": f.commit, "path": f.path, "git_oid": f.git_oid}
-        with self.lock:
-            if self.doc["files"].get(f.name) != entry:
-                self.doc["files"][f.name] = entry
-                atomic_write_json(self.path, self.doc)
+        self.put(f.name, {"source": f.source, "size": f.size, "role": f.role, "sha256": sha256, "repo": f.repo,
+                          "revision": f.commit, "path": f.path, "git_oid": f.git_oid})
 
 
 def _complete(f: HubFile, record: _Record) -> bool:

@@ -17,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from gptforge.data.download import recorded_role
 from gptforge.data.manifest import MANIFEST, empty_manifest, load_manifest, orphan_files
 from gptforge.data.part_writer import TOKENIZER_DIR, PartWriter, new_pending
 from gptforge.data.parts import check_part_name, derive_part_name, val_parts
+from gptforge.data.provenance import recorded_role
 from gptforge.data.shards import DTYPES, format_for_vocab
 from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
