@@ -310,8 +310,8 @@ class Fetcher:
         if sha and digest.hexdigest() != sha:
             said = "the pin says" if job.pinned else "the server announced"
             raise _Mismatch(f"sha256 mismatch: {said} {sha}, the bytes hash to {digest.hexdigest()}")
-        if job.pinned and git_blob_id(job.part) != job.pinned.git_blob:
-            raise _Mismatch(f"git blob id {git_blob_id(job.part)} is not the pinned {job.pinned.git_blob}")
+        if job.pinned and (blob := git_blob_id(job.part)) != job.pinned.git_blob:
+            raise _Mismatch(f"git blob id {blob} is not the pinned {job.pinned.git_blob}")
         os.replace(job.part, job.path)
         fsync_dir(job.path.parent)
         self.record.add(job, got, digest.hexdigest())

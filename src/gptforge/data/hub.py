@@ -10,7 +10,6 @@ download.py keeps (DIR/.gptforge-download.json) gets, besides its own keys, the 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import queue
 import re
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
+from gptforge.data.pinned import file_hashes
 from gptforge.data.provenance import Record
 from gptforge.errors import UserError, raise_first
 from gptforge.fsutil import fsync_dir
@@ -240,25 +240,19 @@ class _Hub:
 def _check(f: HubFile, path: Path, remove: bool = True) -> str:
     """The file's sha256 if it is the file the Hub lists, else _Mismatch (removing the file if `remove`)."""
     size = path.stat().st_size
-    sha = hashlib.sha256()
-    git = hashlib.sha1(b"blob %d\0" % size) if not f.sha256 else None  # (only small files lack a sha256)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            sha.update(block)
-            if git is not None:
-                git.update(block)
+    sha, git = file_hashes(path, blob=not f.sha256)  # (only small files lack a sha256: their blob id is known)
     problem = None
     if size != f.size:
         problem = f"wrong size: the Hub lists {f.size:,} bytes, got {size:,}"
-    elif f.sha256 and sha.hexdigest() != f.sha256:
-        problem = f"sha256 mismatch: the Hub lists {f.sha256}, the bytes hash to {sha.hexdigest()}"
-    elif git is not None and git.hexdigest() != f.git_oid:
-        problem = f"git blob id mismatch: the Hub lists {f.git_oid}, the bytes hash to {git.hexdigest()}"
+    elif f.sha256 and sha != f.sha256:
+        problem = f"sha256 mismatch: the Hub lists {f.sha256}, the bytes hash to {sha}"
+    elif git is not None and git != f.git_oid:
+        problem = f"git blob id mismatch: the Hub lists {f.git_oid}, the bytes hash to {git}"
     if problem:
         if remove:
             path.unlink(missing_ok=True)
         raise _Mismatch(problem)
-    return sha.hexdigest()
+    return sha
 
 
 # ------------------------------------------------------------------------------------------------ provenance

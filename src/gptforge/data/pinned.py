@@ -12,8 +12,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptforge.fsutil import sha256_file
-
 
 @dataclass(frozen=True)
 class PinnedFile:
@@ -49,12 +47,20 @@ def cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptforge"
 
 
-def git_blob_id(path: str | os.PathLike) -> str:
-    h = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode())
+def file_hashes(path: str | os.PathLike, blob: bool = True) -> tuple[str, str | None]:
+    """(sha256, git blob id or None without `blob`) of a file, in one read."""
+    sha = hashlib.sha256()
+    git = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode()) if blob else None
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+            sha.update(block)
+            if git is not None:
+                git.update(block)
+    return sha.hexdigest(), git.hexdigest() if git is not None else None
+
+
+def git_blob_id(path: str | os.PathLike) -> str:
+    return file_hashes(path)[1]
 
 
 def pinned_mismatch(path: str | os.PathLike, pinned: PinnedFile) -> str | None:
@@ -62,8 +68,9 @@ def pinned_mismatch(path: str | os.PathLike, pinned: PinnedFile) -> str | None:
     size = os.path.getsize(path)
     if size != pinned.size:
         return f"{size:,} bytes, the pin says {pinned.size:,}"
-    if sha256_file(path) != pinned.sha256:
-        return f"sha256 {sha256_file(path)} differs from the pinned {pinned.sha256}"
-    if git_blob_id(path) != pinned.git_blob:
-        return f"git blob id {git_blob_id(path)} differs from the pinned {pinned.git_blob}"
+    sha, blob = file_hashes(path)
+    if sha != pinned.sha256:
+        return f"sha256 {sha} differs from the pinned {pinned.sha256}"
+    if blob != pinned.git_blob:
+        return f"git blob id {blob} differs from the pinned {pinned.git_blob}"
     return None
