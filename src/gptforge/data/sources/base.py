@@ -53,30 +53,25 @@ class Source:
     def blocks(self, size: int = 1 << 22) -> Iterator[bytes]:
         """The file's bytes (decompressed), in blocks; data that stops decompressing is a UserError."""
         with self._open() as f:
-            done = 0
-            while True:
-                try:
-                    block = f.read(size)
-                except DECOMPRESSION_ERRORS as e:
-                    raise damaged(self.path, e, done) from None
-                if not block:
-                    return
-                done += len(block)
-                yield block
+            yield from self._guarded(iter(lambda: f.read(size), b""))
 
     def lines(self) -> Iterator[bytes]:
         """The file's lines (decompressed), as bytes with their line ends."""
         with self._open() as f:
-            lines, done = iter(f), 0
-            while True:
-                try:
-                    line = next(lines)
-                except StopIteration:
-                    return
-                except DECOMPRESSION_ERRORS as e:
-                    raise damaged(self.path, e, done) from None
-                done += len(line)
-                yield line
+            yield from self._guarded(iter(f))
+
+    def _guarded(self, pieces: Iterator[bytes]) -> Iterator[bytes]:
+        """`pieces` of the decompressed stream; one that fails to decompress ends in a UserError naming where."""
+        done = 0
+        while True:
+            try:
+                piece = next(pieces)
+            except StopIteration:
+                return
+            except DECOMPRESSION_ERRORS as e:
+                raise damaged(self.path, e, done) from None
+            done += len(piece)
+            yield piece
 
     def _open(self):
         try:
