@@ -128,6 +128,33 @@ def _open_run_dir(run_dir: Path, cfg: Config, tokenizer: Tokenizer | None, launc
                           fresh=fresh)
 
 
+def _precision(cfg: Config, device: torch.device, world: int):
+    """(dtype, fsdp, autocast, scaler), with the seed and the matmul and determinism settings in place."""
+    tc = cfg.train
+    dtype = devices.resolve_dtype(tc.dtype, device)
+    fsdp = parallel.use_fsdp(tc.fsdp, world, cfg.optim.optimizer, dtype)
+    torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    if tc.deterministic:
+        devices.use_deterministic_kernels()
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return dtype, fsdp, devices.autocast(device, dtype), scaler
+
+
+def _resume(run_dir: Path, cfg: Config, fsdp: bool, dataset, tokenizer_identity: dict | None, console: Console):
+    """(the checkpoint to continue or None, how its dataset relates to this one or None); refuses what may not
+    change."""
+    resume = load_resume(run_dir, cfg.train.init_from, fsdp, console)
+    if not resume:
+        return None, None
+    changes = check_resume(resume.state, cfg, tokenizer_identity)
+    moved = check_dataset(resume.state, dataset, cfg.data.data_changed)  # the same, grown, or another dataset
+    console.print(f"resuming from {resume.path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
+    return resume, moved
+
+
 def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: Console) -> bool:
     tc = cfg.train
     wanted = dist.is_main() and tokenizer is not None and tc.sample_tokens > 0 and bool(tc.sample_prompts)
@@ -135,6 +162,20 @@ def _samples_on(cfg: Config, tokenizer: Tokenizer | None, fsdp: bool, console: C
         console.print("samples during training are off with FSDP (each rank holds a shard); sample a checkpoint "
                       "with `gptforge sample RUN_DIR`")
     return wanted and not fsdp
+
+
+def _eval_point(cfg: Config, evals, model: GPT, eval_model, tokenizer: Tokenizer | None, device: torch.device,
+                autocast, fsdp: bool, console: Console, log: MetricsLog | None) -> EvalPoint:
+    """What each eval does: the losses, HellaSwag when it is on (its start line printed), samples when wanted."""
+    tc = cfg.train
+    swag, swag_line = hellaswag.during_training(tc.hellaswag_interval, tc.eval_interval, tc.hellaswag_file,
+                                                tc.hellaswag_limit, tokenizer, cfg.model.vocab_size, device)
+    if swag_line:
+        console.print(swag_line)
+    samples = functools.partial(write_samples, model, tokenizer, tc.sample_prompts, tc.sample_tokens,
+                                run_dir=Path(tc.out), device=device, autocast=autocast, console=console)
+    return EvalPoint(evals, model, eval_model, device, autocast, swag, console, log,
+                     samples if _samples_on(cfg, tokenizer, fsdp, console) else None)
 
 
 def _stop_for_nans(saver: Saver, state: TrainState, guard: LossGuard, log: MetricsLog | None, lr: float,
@@ -157,16 +198,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
     # ---------------------------------------------------------------- processes and precision
     rank, world = dist.rank(), dist.world_size()
     main = rank == 0
-    dtype = devices.resolve_dtype(tc.dtype, device)
-    fsdp = parallel.use_fsdp(tc.fsdp, world, oc.optimizer, dtype)
-    torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    if tc.deterministic:
-        devices.use_deterministic_kernels()
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = devices.autocast(device, dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    dtype, fsdp, autocast, scaler = _precision(cfg, device, world)
     run_dir = Path(tc.out)
     console = Console(enabled=main)
 
@@ -175,12 +207,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
     tokenizer, tokenizer_identity = dataset_tokenizer(dataset)
     cfg = _resolve_model_config(cfg, dataset)
     writer.enter_context(sole_writer(run_dir, console))  # one `train` per RUN_DIR; leftovers of a kill removed
-    resume = load_resume(run_dir, tc.init_from, fsdp, console)
-    moved = None
-    if resume:
-        changes = check_resume(resume.state, cfg, tokenizer_identity)
-        moved = check_dataset(resume.state, dataset, cfg.data.data_changed)  # the same, grown, or another dataset
-        console.print(f"resuming from {resume.path}" + (f"; changed: {'; '.join(changes)}" if changes else ""))
+    resume, moved = _resume(run_dir, cfg, fsdp, dataset, tokenizer_identity, console)
 
     # data_changed=ok is a permission for this launch: config.toml does not keep it for the next one
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, data_changed="refuse"))
@@ -240,14 +267,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
             log.write(DataGrew(step=state.step, **loader.grew))
     feed = HostToDevice(device)  # pinned staging buffers on CUDA, reused every step
     saver = Saver(run_dir, tc.keep_last, model, optimizer, scaler, loader, guard, fsdp, device, console, log)
-    swag, swag_line = hellaswag.during_training(tc.hellaswag_interval, tc.eval_interval, tc.hellaswag_file,
-                                                tc.hellaswag_limit, tokenizer, cfg.model.vocab_size, device)
-    if swag_line:
-        console.print(swag_line)
-    samples = functools.partial(write_samples, model, tokenizer, tc.sample_prompts, tc.sample_tokens,
-                                run_dir=run_dir, device=device, autocast=autocast, console=console)
-    eval_point = EvalPoint(evals, model, eval_model, device, autocast, swag, console, log,
-                           samples if _samples_on(cfg, tokenizer, fsdp, console) else None)
+    eval_point = _eval_point(cfg, evals, model, eval_model, tokenizer, device, autocast, fsdp, console, log)
 
     # ---------------------------------------------------------------- the loop
     stop = StopFlag(announce=main, second_sigint_aborts=not dist.launched_by_torchrun())
