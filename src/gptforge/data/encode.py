@@ -82,20 +82,34 @@ def batches(sources: list[Source], min_chars: int, short: list[int]) -> Iterator
 
 
 def read_ahead(iterator: Iterator, depth: int = 2) -> Iterator:
-    """Run `iterator` in a thread so reading and decoding overlap with tokenizing."""
+    """Run `iterator` in a thread so reading and decoding overlap with tokenizing.
+
+    When the consumer stops early (an error, Ctrl-C), the thread stops at its next item, closes `iterator` and
+    is waited for. A Wikipedia source shuts its worker pool down when closed: left to a daemon thread, that
+    shutdown raced the interpreter's exit, and the resource tracker then warned of a leaked semaphore.
+    """
     q: queue.Queue = queue.Queue(maxsize=depth)
     done = object()
     stop = threading.Event()
 
+    def hand_over(item) -> bool:
+        if stop.is_set():
+            return False
+        q.put(item)
+        return True
+
     def worker():
         try:
             for item in iterator:
-                if stop.is_set():
+                if not hand_over(item):
                     return
-                q.put(item)
-            q.put(done)
+            hand_over(done)
         except BaseException as e:  # handed to the consumer, which re-raises it
-            q.put(e)
+            hand_over(e)
+        finally:
+            close = getattr(iterator, "close", None)
+            if close is not None:
+                close()
 
     thread = threading.Thread(target=worker, daemon=True)
     thread.start()
@@ -109,6 +123,12 @@ def read_ahead(iterator: Iterator, depth: int = 2) -> Iterator:
             yield item
     finally:
         stop.set()
+        while True:  # room for the one put the thread may be in; every later one sees `stop` first
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                break
+        thread.join()
 
 
 @dataclass

@@ -101,23 +101,24 @@ class PartWriter:
 
         try:
             current = -1
-            for index, docs in read_ahead(batches(sources, min_chars, short)):
-                if index != current:
-                    current = index
-                    progress.start_file(sources[index].path.stat().st_size)
-                if docs:
-                    in_flight.append((index, docs, encoder.submit(docs, self.route(roles[index]))))
-                    if len(in_flight) > 2:
+            with contextlib.closing(read_ahead(batches(sources, min_chars, short))) as documents:
+                for index, docs in documents:
+                    if index != current:
+                        current = index
+                        progress.start_file(sources[index].path.stat().st_size)
+                    if docs:
+                        in_flight.append((index, docs, encoder.submit(docs, self.route(roles[index]))))
+                        if len(in_flight) > 2:
+                            write_oldest()
+                        continue
+                    while in_flight:  # end of a source: its spans in both streams are now known
                         write_oldest()
-                    continue
-                while in_flight:  # end of a source: its spans in both streams are now known
-                    write_oldest()
-                self._source_done(sources[index], roles[index], tallies[index], short[index])
-                progress.file_done()
-                waiting_tokens = self.train.total + self.val.total - self.committed_here
-                if self.part_tokens and (waiting_tokens >= self.commit_tokens or index == len(sources) - 1):
-                    self.commit()
-                    progress.commit()
+                    self._source_done(sources[index], roles[index], tallies[index], short[index])
+                    progress.file_done()
+                    waiting_tokens = self.train.total + self.val.total - self.committed_here
+                    if self.part_tokens and (waiting_tokens >= self.commit_tokens or index == len(sources) - 1):
+                        self.commit()
+                        progress.commit()
         except BaseException:
             self.abort()
             raise
