@@ -54,6 +54,15 @@ def finish(proc, timeout=300) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
+TABLE_HEAD = "| scenario | tries | outcomes |\n|---|---|---|"
+
+
+def tried_row(name: str, tries: int, scenario) -> str:
+    """One markdown row: how many of the tries `scenario(i)` ended each way, the most common first."""
+    counts = Counter(scenario(i) for i in range(tries))
+    return f"| {name} | {tries} | " + "; ".join(f"{n} x {o}" for o, n in counts.most_common()) + " |"
+
+
 def lines_parse(run: Path) -> bool:
     try:
         [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -174,13 +183,10 @@ def main() -> None:
                  "sigint": signalled(signal.SIGINT), "corrupt": corrupt}
     if args.full_dir:
         scenarios["full"] = lambda d, w, i: full(d, w, i, args.full_dir)
-    print("| scenario | tries | outcomes |\n|---|---|---|")
+    print(TABLE_HEAD)
     for name in args.only.split(","):
-        if name not in scenarios:
-            continue
-        counts = Counter(scenarios[name](work / "data", work, i) for i in range(args.tries))
-        print(f"| {name} | {args.tries} | " + "; ".join(f"{n} x {o}" for o, n in counts.most_common()) + " |",
-              flush=True)
+        if name in scenarios:
+            print(tried_row(name, args.tries, lambda i: scenarios[name](work / "data", work, i)), flush=True)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -34,13 +34,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
-from faults import REPO, TEXT, finish, gptforge
+from faults import REPO, TABLE_HEAD, TEXT, finish, gptforge, tried_row
 
 sys.path.insert(0, str(REPO / "tests"))
-from helpers import alive, descendants, many_pages_dump, sigint_default  # noqa: E402
+from helpers import alive, ctrl_c_under_fire, descendants, many_pages_dump, sigint_default  # noqa: E402
 
 
 def documents(text: str, n: int, start: int) -> str:
@@ -119,26 +118,7 @@ def ctrl_c(dump, work, i) -> str:
 
 def under_fire(dump, work, i) -> str:
     log = work / f"fire{i}.log"
-    proc = wiki_prepare(dump, work / f"fire{i}", log)
-    while proc.poll() is None and not descendants(proc.pid):
-        time.sleep(0.001)
-    tree, deadline = set(), time.monotonic() + random.uniform(0, 3)
-    while proc.poll() is None and time.monotonic() < deadline:
-        for pid in descendants(proc.pid):
-            tree.add(pid)
-            try:
-                os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.002)
-    finished = proc.poll() is not None
-    if not finished:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        code = proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        code = "hung"
-        os.killpg(proc.pid, signal.SIGKILL)
+    finished, code, tree = ctrl_c_under_fire(wiki_prepare(dump, work / f"fire{i}", log), random.uniform(0, 3), 60)
     err = log.read_text().strip()
     clean = err == ("" if finished else "gptforge prepare: interrupted")
     return f"{'finished, ' if finished else ''}exit {code}; stderr as expected: {clean}; " \
@@ -189,12 +169,10 @@ def main() -> None:
                  "sigterm": lambda i: killed(signal.SIGTERM)(dump, work, i), "ctrl_c": lambda i: ctrl_c(dump, work, i),
                  "under_fire": lambda i: under_fire(big, work, i)}
     once = {"hostile": hostile, "memory": lambda: memory(text, work)}
-    print("| scenario | tries | outcomes |\n|---|---|---|")
+    print(TABLE_HEAD)
     for name in args.only.split(","):
         if name in scenarios:
-            counts = Counter(scenarios[name](i) for i in range(args.tries))
-            outcome = "; ".join(f"{n} x {o}" for o, n in counts.most_common())
-            print(f"| {name} | {args.tries} | {outcome} |", flush=True)
+            print(tried_row(name, args.tries, scenarios[name]), flush=True)
         elif name in once:
             print(f"| {name} | 1 | {once[name]()} |", flush=True)
     shutil.rmtree(work, ignore_errors=True)

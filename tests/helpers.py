@@ -11,6 +11,8 @@ import os
 import pickle
 import random
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -223,3 +225,28 @@ def descendants(pid: int) -> set[int]:
 def alive(pid: int) -> bool:
     fields = _proc_stat(pid)
     return fields is not None and fields[0] != "Z"  # a zombie has exited (its reaper may be slow)
+
+
+def ctrl_c_under_fire(proc: subprocess.Popen, seconds: float, timeout: float) -> tuple[bool, int | str, set[int]]:
+    """SIGINT to every child of `proc` every 2 ms from the moment the first one exists, for `seconds`, then Ctrl-C
+    to its whole group unless it finished first. Returns (finished first, exit code or "hung", the children seen)."""
+    while proc.poll() is None and not descendants(proc.pid):
+        time.sleep(0.001)
+    tree, end = set(), time.monotonic() + seconds
+    while proc.poll() is None and time.monotonic() < end:
+        for pid in descendants(proc.pid):
+            tree.add(pid)
+            try:
+                os.kill(pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.002)
+    finished = proc.poll() is not None
+    if not finished:
+        os.killpg(proc.pid, signal.SIGINT)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        code = "hung"
+    return finished, code, tree

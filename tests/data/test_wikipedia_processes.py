@@ -19,7 +19,7 @@ import pytest
 
 import gptforge.data.sources.wikipedia as wikipedia
 
-from helpers import alive, descendants, many_pages_dump, sigint_default
+from helpers import alive, ctrl_c_under_fire, descendants, many_pages_dump, sigint_default
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from /proc")
 
@@ -163,25 +163,8 @@ def test_children_cannot_be_killed_by_sigint_at_any_moment_of_their_lives(tmp_pa
     under fire), then Ctrl-C to the whole group. Before: a child still starting died with a KeyboardInterrupt
     traceback in the log, and a dead worker could hang the pool's shutdown for good."""
     proc = start_prepare(big_dump(tmp_path / "wiki.xml", 30_000), tmp_path / "data", tmp_path / "log")
-    while proc.poll() is None and not descendants(proc.pid):
-        time.sleep(0.001)
-    tree, end = set(), time.monotonic() + 1.5
-    while proc.poll() is None and time.monotonic() < end:
-        for pid in descendants(proc.pid):
-            tree.add(pid)
-            try:
-                os.kill(pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-        time.sleep(0.002)
-    finished = proc.poll() is not None  # (on a fast machine it may be done: the children all survived)
-    if not finished:
-        os.killpg(proc.pid, signal.SIGINT)
-    try:
-        code = proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        code = "hung"
+    # (on a fast machine it may be done before the Ctrl-C: the children all survived)
+    finished, code, tree = ctrl_c_under_fire(proc, seconds=1.5, timeout=30)
     log = (tmp_path / "log").read_text().strip()
     assert (code, log) == ((0, "") if finished else (130, "gptforge prepare: interrupted")), log[-3000:]
     assert len(tree) >= 4  # the tracker, the forkserver and at least 2 workers were under fire
