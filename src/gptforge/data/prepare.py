@@ -20,7 +20,7 @@ from typing import Iterator
 from gptforge.data.manifest import MANIFEST, empty_manifest, load_manifest, orphan_files
 from gptforge.data.part_writer import TOKENIZER_DIR, PartWriter, new_pending
 from gptforge.data.parts import check_part_name, derive_part_name, val_parts
-from gptforge.data.provenance import recorded_role
+from gptforge.data.provenance import Record, recorded_role
 from gptforge.data.shards import DTYPES, format_for_vocab
 from gptforge.data.sources import Source, SourceOptions, open_sources
 from gptforge.data.tokenizers import CharTokenizer, Tokenizer, load_tokenizer, train_bpe
@@ -33,10 +33,9 @@ COMMIT_TOKENS = 10_000_000  # commit after a source file once this many tokens a
 
 
 def _check_out_dir(out: Path) -> dict | None:
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a directory")
-    manifest = load_manifest(out) if out.exists() else None
-    if manifest is None and out.exists():
+    """The manifest of `out` (a directory prepare made and locked), or None for a new dataset."""
+    manifest = load_manifest(out)
+    if manifest is None:
         leftovers = set(orphan_files(out, None))
         others = [p for p in out.iterdir() if p not in leftovers and p.name not in (TOKENIZER_DIR, LOCK_FILE)]
         if others:
@@ -131,9 +130,11 @@ def _check_continuation(out: Path, pending: dict, part: str | None, settings: di
                         "rerun it with the same options to finish it")
 
 
-def _role(source: Source) -> str | None:
-    """"val" for a named dataset's validation file, as `gptforge download` recorded it beside the file."""
-    return recorded_role(source.path, source.fingerprint().removeprefix("sha256:"))
+def _roles(sources: list[Source]) -> list[str | None]:
+    """"val" for a named dataset's validation file, as `gptforge download` recorded it beside the file (each
+    folder's record read once: a download of thousands of files records them all in one)."""
+    records = {folder: Record(folder) for folder in {s.path.parent for s in sources}}
+    return [recorded_role(s.path, s.fingerprint().removeprefix("sha256:"), records[s.path.parent]) for s in sources]
 
 
 def prepare(
@@ -200,7 +201,7 @@ def _prepare(specs, out: Path, tokenizer, val_fraction, split, shard_tokens, min
     save_tokenizer = manifest is None
     if manifest is None:
         manifest = empty_manifest(tok.identity(), rule, shard_tokens)
-    roles = [_role(s) for s in sources]
+    roles = _roles(sources)
     if pending is None:
         name = part or derive_part_name([str(s.path) for s in sources], [s.kind for s in sources])
         pending = manifest["pending"] = new_pending(name, settings, "val_files" if "val" in roles else rule["rule"])

@@ -44,15 +44,15 @@ class Record:
                 atomic_write_json(self.path, {"files": self.files})
 
 
-def recorded_role(path: str | os.PathLike, sha256: str | None = None) -> str | None:
+def recorded_role(path: str | os.PathLike, sha256: str | None = None, record: Record | None = None) -> str | None:
     """The role ("train" or "val") a download recorded for the file at `path`, if it is still the file it
     downloaded (same size, and same sha256 where both are known); None for any other file. prepare reads it
-    so a named dataset's validation file becomes val."""
+    so a named dataset's validation file becomes val. `record`: its folder's record, read once for many files."""
     path = Path(path)
+    entry = (record or Record(path.parent)).get(path.name)
     try:
-        entry = json.loads((path.parent / RECORD).read_text()).get("files", {}).get(path.name)
         size = path.stat().st_size
-    except (OSError, ValueError, AttributeError):
+    except OSError:
         return None
     if not isinstance(entry, dict) or entry.get("size") != size:
         return None
