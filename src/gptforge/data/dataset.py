@@ -34,15 +34,18 @@ IDS_CACHE = ".gptforge-ids.json"
 class TokenStream:
     """Several memmapped shards (or pieces of shards) read as one stream of token ids."""
 
-    def __init__(self, shards: list[np.ndarray], names: list[str], vocab_size: int | None = None,
-                 paths: list[Path] | None = None, offsets: list[int] | None = None):
-        self.shards, self.names, self.vocab_size = shards, names, vocab_size
-        self.paths = paths or [Path(n) for n in names]
+    def __init__(self, shards: list[np.ndarray], paths: list[Path], vocab_size: int | None = None,
+                 offsets: list[int] | None = None):
+        self.shards, self.paths, self.vocab_size = shards, paths, vocab_size
         self.offsets = offsets or [0] * len(shards)  # where each piece starts in its file's tokens
         self.starts = np.cumsum([0] + [len(s) for s in shards]).tolist()
 
     def __len__(self) -> int:
         return self.starts[-1]
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.paths]
 
     def read(self, start: int, length: int) -> np.ndarray:
         out = np.empty(length, dtype=np.int64)
@@ -60,15 +63,14 @@ class TokenStream:
 
     def subrange(self, start: int, end: int) -> "TokenStream":
         """Tokens [start, end) of this stream as a stream of its own (views, nothing copied)."""
-        shards, names, paths, offsets = [], [], [], []
+        shards, paths, offsets = [], [], []
         for i, (a, b) in enumerate(zip(self.starts, self.starts[1:])):
             lo, hi = max(start, a), min(end, b)
             if lo < hi:
                 shards.append(self.shards[i][lo - a : hi - a])
-                names.append(self.names[i])
                 paths.append(self.paths[i])
                 offsets.append(self.offsets[i] + lo - a)
-        return TokenStream(shards, names, self.vocab_size, paths, offsets)
+        return TokenStream(shards, paths, self.vocab_size, offsets)
 
 
 @dataclass
@@ -105,8 +107,8 @@ class Dataset:
 
 
 def _joined(streams: list[TokenStream], vocab_size: int | None) -> TokenStream:
-    return TokenStream([s for t in streams for s in t.shards], [n for t in streams for n in t.names], vocab_size,
-                       [p for t in streams for p in t.paths], [o for t in streams for o in t.offsets])
+    return TokenStream([s for t in streams for s in t.shards], [p for t in streams for p in t.paths], vocab_size,
+                       [o for t in streams for o in t.offsets])
 
 
 def _manifest_version(manifest: dict) -> int:
@@ -117,7 +119,7 @@ def _manifest_version(manifest: dict) -> int:
 
 
 def _open_split(data_dir: Path, manifest: dict, split: str, vocab: int) -> TokenStream:
-    shards, names, paths = [], [], []
+    shards, paths = [], []
     for entry in manifest["shards"][split]:
         path, listed = data_dir / entry["file"], int(entry["tokens"])
         if int(entry.get("max_id", -1)) >= vocab:
@@ -127,9 +129,8 @@ def _open_split(data_dir: Path, manifest: dict, split: str, vocab: int) -> Token
         if len(tokens) != listed:
             raise UserError(f"shard {path} holds {len(tokens)} tokens but {data_dir}/manifest.json lists {listed}")
         shards.append(tokens)
-        names.append(path.name)
         paths.append(path)
-    return TokenStream(shards, names, vocab, paths)
+    return TokenStream(shards, paths, vocab)
 
 
 def _nanogpt_vocab(data_dir: Path) -> tuple[int, int | None]:
@@ -163,7 +164,7 @@ def _checked_nanogpt_file(path: Path, vocab: int) -> TokenStream:
             pass
     if top >= vocab:
         check_token_ids(path, tokens, vocab)
-    return TokenStream([tokens], [path.name], vocab, [path])
+    return TokenStream([tokens], [path], vocab)
 
 
 def open_dataset(data_dir: str | Path) -> Dataset:
