@@ -56,10 +56,15 @@ def cut_points(text: str, piece_chars: int = PIECE_CHARS) -> tuple[list[int], in
     return cuts, forced
 
 
-def safe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
-    cuts, _ = cut_points(text, piece_chars)
+def pieces_of(text: str, piece_chars: int = PIECE_CHARS) -> tuple[list[str], int]:
+    """`text` cut at cut_points, and how many of the cuts were forced."""
+    cuts, forced = cut_points(text, piece_chars)
     bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [text[a:b] for a, b in zip(bounds, bounds[1:])], forced
+
+
+def safe_pieces(text: str, piece_chars: int = PIECE_CHARS) -> list[str]:
+    return pieces_of(text, piece_chars)[0]
 
 
 def batches(sources: list[Source], min_chars: int, short: list[int]) -> Iterator[tuple[int, list[str]]]:
@@ -164,11 +169,10 @@ class Encoder:
         """Every document starts with end-of-text."""
         pieces, owner, forced = [], [], 0
         for i, doc in enumerate(docs):
-            cuts, n_forced = cut_points(doc)
+            doc_pieces, n_forced = pieces_of(doc)
             forced += n_forced
-            bounds = [0, *cuts, len(doc)]
-            pieces.extend(doc[a:b] for a, b in zip(bounds, bounds[1:]))
-            owner.extend([i] * (len(bounds) - 1))
+            pieces.extend(doc_pieces)
+            owner.extend([i] * len(doc_pieces))
         n_tasks = min(len(pieces), self.workers * 4)  # a few tasks per thread balances uneven lengths
         chunks = [pieces[i::n_tasks] for i in range(n_tasks)]
         to_val = [route == "val" or (route == "hash" and in_val(d, self.val_fraction)) for d in docs]

@@ -217,7 +217,6 @@ class PartWriter:
             "seconds": round(pending["seconds"] + time.time() - self.clock, 2),
         }
         m["versions"].append(version)
-        m["format_version"] = FORMAT_VERSION
         return version
 
 
