@@ -28,6 +28,18 @@ def sha256_file(*paths: str | os.PathLike, offset: int = 0) -> str:
     return h.hexdigest()
 
 
+def file_hashes(path: str | os.PathLike, blob: bool = True) -> tuple[str, str | None]:
+    """(sha256, git blob id or None without `blob`) of a file, in one read."""
+    sha = hashlib.sha256()
+    git = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode()) if blob else None
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            sha.update(block)
+            if git is not None:
+                git.update(block)
+    return sha.hexdigest(), git.hexdigest() if git is not None else None
+
+
 def usable_cores() -> int:
     """Cores this process may run on (the affinity mask, e.g. a container's or taskset's share)."""
     try:

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote, urlsplit
 
-from gptforge.data.pinned import file_hashes
 from gptforge.data.provenance import Record
 from gptforge.errors import UserError, raise_first
-from gptforge.fsutil import fsync_dir
+from gptforge.fsutil import file_hashes, fsync_dir
 from gptforge.progress import StatusLine
 
 PREFIX = "hf://datasets/"

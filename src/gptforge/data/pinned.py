@@ -7,10 +7,11 @@ the cache is checked without a request. The cache is $GPTFORGE_CACHE, else $XDG_
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from gptforge.fsutil import file_hashes
 
 
 @dataclass(frozen=True)
@@ -45,18 +46,6 @@ def cache_dir() -> Path:
     if os.environ.get("GPTFORGE_CACHE"):
         return Path(os.environ["GPTFORGE_CACHE"]).expanduser()
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptforge"
-
-
-def file_hashes(path: str | os.PathLike, blob: bool = True) -> tuple[str, str | None]:
-    """(sha256, git blob id or None without `blob`) of a file, in one read."""
-    sha = hashlib.sha256()
-    git = hashlib.sha1(f"blob {os.path.getsize(path)}\0".encode()) if blob else None
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            sha.update(block)
-            if git is not None:
-                git.update(block)
-    return sha.hexdigest(), git.hexdigest() if git is not None else None
 
 
 def git_blob_id(path: str | os.PathLike) -> str:
