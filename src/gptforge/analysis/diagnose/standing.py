@@ -14,6 +14,7 @@ from pathlib import Path
 from gptforge.analysis import curves, references
 from gptforge.analysis.diagnose.finding import Finding
 from gptforge.analysis.runlog import RunLog, finite
+from gptforge.data.provenance import Record
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.train.hellaswag import CHANCE, stderr
@@ -59,7 +60,8 @@ def _change(scores: list[SwagScore]) -> tuple[float, float]:
     if fit is None:
         return 0.0, math.inf
     span = scores[-1].step - scores[0].step
-    sxx = sum((s.step - sum(x.step for x in scores) / len(scores)) ** 2 for s in scores)
+    mean_step = sum(s.step for s in scores) / len(scores)
+    sxx = sum((s.step - mean_step) ** 2 for s in scores)
     sigma = math.sqrt(sum(s.se ** 2 for s in scores) / len(scores))
     return fit.slope * span, sigma * span / math.sqrt(sxx)
 
@@ -156,19 +158,18 @@ def hellaswag_finding(t: SwagTrend | None, params: float | None, val_status: str
 
 # ---------------------------------------------------------------------------------------- published runs
 
-def _recorded_url(path: Path) -> str:
+def _recorded_url(record: Record, path: Path) -> str:
     """The URL `gptforge download` fetched `path` from, if its folder's record says so."""
-    try:
-        files = json.loads((path.parent / ".gptforge-download.json").read_text(encoding="utf-8")).get("files", {})
-        return str(files.get(path.name, {}).get("source", ""))
-    except (OSError, ValueError, AttributeError):
-        return ""
+    entry = record.get(path.name)
+    return str(entry.get("source", "")) if isinstance(entry, dict) else ""
 
 
 def dataset_family(sources: list[dict]) -> str | None:
     """One family for the dataset's sources; "a mix of ..." when they differ; None when a source is unknown."""
+    paths = [Path(str(s.get("path", ""))) for s in sources]
+    records = {folder: Record(folder) for folder in {p.parent for p in paths}}  # each folder's record read once
     families = [references.data_family(str(s.get("path", "")), str(s.get("kind", "")),
-                                       _recorded_url(Path(str(s.get("path", ""))))) for s in sources]
+                                       _recorded_url(records[path.parent], path)) for s, path in zip(sources, paths)]
     if not families or None in families:
         return None
     kinds = sorted(set(families))
@@ -179,6 +180,7 @@ def run_identity(run_dir: Path, config: dict, data: str | None) -> tuple[str | N
     """(tokenizer name, data family) of a run: from its dataset's manifest (--data, else the run's own data
     directory), the tokenizer else from RUN_DIR/tokenizer."""
     from gptforge.data.manifest import load_manifest
+    from gptforge.data.tokenizers import META_FILE
 
     folder = data or config.get("data")
     tokenizer = family = None
@@ -195,7 +197,7 @@ def run_identity(run_dir: Path, config: dict, data: str | None) -> tuple[str | N
             tokenizer = "char" if (Path(folder) / "meta.pkl").is_file() else "gpt2"
     if tokenizer is None:
         try:
-            tokenizer = json.loads((run_dir / "tokenizer" / "tokenizer_meta.json").read_text()).get("name")
+            tokenizer = json.loads((run_dir / "tokenizer" / META_FILE).read_text()).get("name")
         except (OSError, ValueError, AttributeError):
             pass
     return tokenizer, family
