@@ -142,7 +142,7 @@ def exclusive_lock(directory: str | os.PathLike, holder: str):
         return
     path = Path(directory) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)  # (open applies the umask)
     except OSError as e:
         raise UserError(f"cannot create the lock file {path}: {e.strerror}") from None
     try:

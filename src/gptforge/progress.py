@@ -1,6 +1,6 @@
 """The one terminal progress line: redrawn in place on a terminal, silent in logs and tests.
 
-Train (a bar with an ETA), prepare (docs/s, tokens/s) and download (MB/s) all draw through StatusLine, so a
+Train (a bar with an ETA), prepare (tokens/s, MB/s in, an ETA) and download (MB/s) all draw through StatusLine, so a
 log line printed while a status is shown erases it first and the next update redraws it below.
 """
 
@@ -78,21 +78,15 @@ class Progress:
         self.total_bytes = max(total_bytes, 1)
         self.done_bytes = 0  # input bytes of the files finished in this run
         self.file_bytes = self.file_chars = 0
-        self.docs = self.tokens = self.chars = 0
+        self.tokens = 0
         self.done_chars = 0  # characters of the files finished in this run
         self.started = self.last_logged = time.time()
-
-    @property
-    def enabled(self) -> bool:
-        return self.line.live
 
     def start_file(self, size_bytes: int) -> None:
         self.file_bytes, self.file_chars = size_bytes, 0
 
-    def update(self, docs: int, tokens: int, chars: int) -> None:
-        self.docs += docs
+    def update(self, tokens: int, chars: int) -> None:
         self.tokens += tokens
-        self.chars += chars
         self.file_chars += chars
         if self.line.live:
             self.line.show(self._text())
@@ -109,11 +103,13 @@ class Progress:
         return self.done_bytes + in_file
 
     def _text(self) -> str:
+        return f"file {min(self.files_done + 1, self.files_total)}/{self.files_total}, {self._rates()}"
+
+    def _rates(self) -> str:
         elapsed = max(time.time() - self.started, 1e-9)
         consumed = self.input_bytes()
         share = min(consumed / self.total_bytes, 1.0)
-        return (f"file {min(self.files_done + 1, self.files_total)}/{self.files_total}, "
-                f"{self.tokens / 1e6:,.1f}M tokens ({self.tokens / elapsed / 1e6:.2f}M/s), "
+        return (f"{self.tokens / 1e6:,.1f}M tokens ({self.tokens / elapsed / 1e6:.2f}M/s), "
                 f"{consumed / elapsed / 1e6:,.1f} MB/s in, {share:5.1%} of this run's input, {eta(elapsed, share)}")
 
     def commit(self) -> None:
@@ -121,7 +117,7 @@ class Progress:
         every LOG_EVERY seconds, so a long run's log shows its progress and a short one stays quiet."""
         if not self.line.live and time.time() - self.last_logged >= LOG_EVERY:
             self.last_logged = time.time()
-            self.line.say(f"committed {self.files_done}/{self.files_total} files: " + self._text().split(", ", 1)[1])
+            self.line.say(f"committed {self.files_done}/{self.files_total} files: " + self._rates())
 
     def finish(self) -> None:
         self.line.clear()

@@ -222,17 +222,17 @@ def test_the_progress_line_covers_the_whole_run():
     screen = Terminal()
     progress = Progress(files_total=8, files_done=5, total_bytes=3_000_000, stream=screen, every=0.0)
     progress.start_file(1_000_000)
-    progress.update(docs=10, tokens=250_000, chars=1_000_000)  # the first file of this run
+    progress.update(tokens=250_000, chars=1_000_000)  # the first file of this run
     progress.file_done()
     progress.start_file(2_000_000)
-    progress.update(docs=10, tokens=250_000, chars=1_000_000)  # half of the next one, at 1 char a byte
+    progress.update(tokens=250_000, chars=1_000_000)  # half of the next one, at 1 char a byte
     line = screen.getvalue().rsplit("\r\x1b[K", 1)[-1]
     assert line.startswith("file 7/8, 0.5M tokens (") and "MB/s in" in line
     assert "66.7% of this run's input" in line and "ETA" in line
     quiet = io.StringIO()
     progress = Progress(files_total=2, files_done=0, total_bytes=10, stream=quiet)
     progress.start_file(10)
-    progress.update(docs=1, tokens=5, chars=10)
+    progress.update(tokens=5, chars=10)
     progress.file_done()
     progress.commit()  # off a terminal: quiet until LOG_EVERY seconds have passed (a short run's log stays clean)
     assert quiet.getvalue() == ""

@@ -97,7 +97,7 @@ class PartWriter:
             tally = tallies[index]
             tally.documents, tally.characters = tally.documents + len(docs), tally.characters + chars
             tally.cut_long_runs += encoded.forced_cuts
-            progress.update(len(docs), len(encoded.train) + len(encoded.val), chars)
+            progress.update(len(encoded.train) + len(encoded.val), chars)
 
         try:
             current = -1
