@@ -16,7 +16,7 @@ from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.fsutil import atomic_write_bytes
 from gptforge.train.events import Eval, Event
-from gptforge.train.hellaswag import CHANCE
+from gptforge.train.hellaswag_stats import CHANCE
 
 FORMATS = ("png", "svg", "pdf")
 

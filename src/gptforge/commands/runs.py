@@ -4,10 +4,13 @@ opened into the same RunLog so the analysis has no special case for either."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gptforge.analysis.runlog import METRICS, RunLog, fold, read_run
 from gptforge.errors import UserError
-from gptforge.interop.nanogpt_log import NanoLog, read_nanogpt_log
+
+if TYPE_CHECKING:
+    from gptforge.interop.nanogpt_log import NanoLog
 
 
 def _gpu(name: str | None) -> tuple[float | None, str | None]:
@@ -23,6 +26,8 @@ def _gpu(name: str | None) -> tuple[float | None, str | None]:
 
 def open_log(path: Path, config=None, data=None, gpu=None) -> tuple[RunLog, NanoLog]:
     """A nanoGPT log as a run (its records folded as a metrics.jsonl is), and what else the reader found."""
+    from gptforge.interop.nanogpt_log import read_nanogpt_log  # (torch, for nanoGPT's schedule: not for a RUN_DIR)
+
     peak, name = _gpu(gpu)
     log = read_nanogpt_log(path, config=config, data=data, peak_flops=peak, device_name=name)
     run = fold(log.events, path)

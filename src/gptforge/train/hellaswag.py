@@ -28,9 +28,7 @@ from gptforge.data.pinned import PINNED, cache_dir, pinned_mismatch
 from gptforge.errors import UserError
 from gptforge.fmt import count
 from gptforge.train import dist
-
-ENDINGS = 4
-CHANCE = 1 / ENDINGS
+from gptforge.train.hellaswag_stats import CHANCE, ENDINGS, stderr
 
 
 class HellaSwagSkipped(UserError):
@@ -181,10 +179,6 @@ def describe_items(path: str | Path | None, n: int, limited: bool) -> str:
     if pinned_mismatch(path, PINNED["hellaswag"]) is not None:
         what = f"{path} (not the official val set: scores do not compare with published ones)"
     return f"{'the first ' if limited else ''}{n:,} items of {what}"
-
-
-def stderr(p: float, n: int) -> float:
-    return math.sqrt(p * (1 - p) / (n - 1)) if n > 1 else float("nan")
 
 
 def rank_rows(encoded: list, block_size: int, rank: int, world: int) -> tuple[list, list[int]]:

@@ -17,7 +17,7 @@ from gptforge.analysis.runlog import RunLog, finite
 from gptforge.data.provenance import Record
 from gptforge.errors import UserError
 from gptforge.fmt import count
-from gptforge.train.hellaswag import CHANCE, stderr
+from gptforge.train.hellaswag_stats import CHANCE, stderr
 
 SIGMAS = 2.0  # a change beyond this many standard errors is real
 FLAT_GAIN = 0.02  # flat: a gain of 2 points of acc_norm across the stretch would have shown (the scores' precision)
