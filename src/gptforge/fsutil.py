@@ -195,8 +195,10 @@ def free_bytes(path: str | os.PathLike) -> int | None:
         return None
 
 
-def write_failure_line(failure: WriteFailed, needed: int | None) -> str:
-    """'cannot write PATH: the disk is full (...): about N needed, M free' (sizes only where they help)."""
+def write_failure_line(failure: WriteFailed, needed: int | None = None) -> str:
+    """'cannot write PATH: the disk is full (...): about N needed, M free' (sizes only where they help). `needed`:
+    a better estimate than the failure's own."""
+    needed = failure.needed if needed is None else needed
     if not failure.disk_full:
         return f"cannot write {failure.path}: {failure.error.strerror or failure.error}"
     free = free_bytes(failure.path)

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 
 from gptforge.data.hf_tokenizer import write_hf_tokenizer
 from gptforge.errors import UserError
-from gptforge.fsutil import WriteFailed, building_dir, write_failure_line
+from gptforge.fsutil import building_dir, write_failure_line
 from gptforge.interop import hf_modern
 from gptforge.interop.hf import (
     MODERN_CODE,
@@ -33,7 +33,7 @@ from gptforge.interop.hf import (
 )
 from gptforge.interop.model_card import model_card
 from gptforge.model.gpt import GPT
-from gptforge.train.checkpoint import CHECKPOINTS, step_name, write_error
+from gptforge.train.checkpoint import CHECKPOINTS, step_name, write_failure
 from gptforge.train.runs import load_run
 
 TOLERANCE = 1e-5  # transformers' logits against gptforge's, fp32
@@ -136,11 +136,10 @@ def export_command(run_dir, fmt: str = "hf", out: str | os.PathLike = "", push_t
                                                       push_to_hub), encoding="utf-8")
             checked = _check_export(model, tmp)
     except (OSError, SafetensorError) as e:  # disk full, quota, read-only: building_dir removed the partial folder
-        error = write_error(e, out, 4 * model.num_params())
-        if error is None:
+        failure = write_failure(e, out, 4 * model.num_params())
+        if failure is None:
             raise
-        raise UserError(f"{write_failure_line(WriteFailed(out, error), 4 * model.num_params())}; nothing was left "
-                        "behind") from None
+        raise UserError(f"{write_failure_line(failure)}; nothing was left behind") from None
     print(f"exported {path} ({model.num_params():,} parameters) to {out} as {what}; {tokenizer_note}; {checked}")
     if push_to_hub is not None:
         from gptforge.interop.push import push

@@ -122,14 +122,13 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, optimizer_state: d
     except (OSError, SafetensorError, RuntimeError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
         needed = _nbytes((model_state, optimizer_state, extra_tensors)) + 4096
-        error = write_error(e, final, needed)
-        if error is None:
+        failure = write_failure(e, final, needed)
+        if failure is None:
             raise  # not a write failure: a bug, with its traceback
         previous = latest_checkpoint(run_dir)
         kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
-        line = write_failure_line(WriteFailed(final, error), needed)
-        raise UserError(f"{line}; {kept}, nothing was deleted; the run stops here (free space, then continue with "
-                        "--init_from=resume)") from None
+        raise UserError(f"{write_failure_line(failure)}; {kept}, nothing was deleted; the run stops here (free "
+                        "space, then continue with --init_from=resume)") from None
     if is_best:
         with writing(root / BEST, len(final.name) + 1):  # (the checkpoint itself is complete by now)
             atomic_write_text(root / BEST, final.name + "\n")
@@ -137,10 +136,15 @@ def save_checkpoint(run_dir, step: int, *, model_state: dict, optimizer_state: d
     return final
 
 
-def write_error(e: BaseException, path: Path, needed: int) -> OSError | None:
-    """The OS error behind a failed write, or None when `e` is not one (a bug). safetensors says "... (os error
+def write_failure(e: BaseException, path: Path, needed: int) -> WriteFailed | None:
+    """The failed write of `path` behind `e`, or None when `e` is not one (a bug). safetensors says "... (os error
     28)"; torch's zip writer only says "unexpected pos" (the errno is lost): less free space than the checkpoint
     needs means the disk was full."""
+    error = _os_error(e, path, needed)
+    return WriteFailed(path, error, needed) if error is not None else None
+
+
+def _os_error(e: BaseException, path: Path, needed: int) -> OSError | None:
     if isinstance(e, OSError):
         return e
     found = re.search(r"os error (\d+)", str(e))

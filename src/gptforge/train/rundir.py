@@ -30,7 +30,7 @@ def sole_writer(run_dir: Path, console: Console) -> Iterator[None]:
                 failure = str(e)
             except OSError as e:  # e.g. the disk is full already: the lock file cannot take the holder's pid
                 path = e.filename or run_dir / LOCK_FILE
-                failure = f"{write_failure_line(WriteFailed(path, e), 256)}; nothing was written"
+                failure = f"{write_failure_line(WriteFailed(path, e, 256))}; nothing was written"
         failure = dist.broadcast_object(failure)
         if failure:
             raise UserError(failure)
@@ -42,7 +42,7 @@ def sole_writer(run_dir: Path, console: Console) -> Iterator[None]:
 
 def write_failed(e: WriteFailed, run_dir: Path) -> UserError:
     """One line for a write the machine refused: the path, the bytes needed and free, and what is still safe."""
-    line, latest = write_failure_line(e, e.needed), latest_checkpoint(run_dir)
+    line, latest = write_failure_line(e), latest_checkpoint(run_dir)
     if latest is None:
         return UserError(f"{line}; no checkpoint had been written yet (free space, then run the command again)")
     return UserError(f"{line}; the checkpoints are intact (latest: {latest}); free space, then continue with "
