@@ -269,6 +269,11 @@ class MetricsLog:
             for k, v in numeric.items():
                 self.tb.add_scalar(f"{record.KIND}/{k}", v, record.step)
 
+    def end(self, step: int, reason: str) -> None:
+        """The run's last record, then close."""
+        self.write(End(step=step, reason=reason))
+        self.close()
+
     def close(self) -> None:
         if self.file:
             self.file.close()

@@ -35,7 +35,7 @@ from gptforge.train.console import Console
 from gptforge.train.continuation import check_dataset, resumed_schedule
 from gptforge.train.eval_point import EvalPoint
 from gptforge.train.evalsets import eval_sets
-from gptforge.train.events import DataGrew, End, MetricsLog
+from gptforge.train.events import DataGrew, MetricsLog, Start
 from gptforge.train.feed import HostToDevice
 from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard, StopFlag
@@ -182,14 +182,70 @@ def _stop_for_nans(saver: Saver, state: TrainState, guard: LossGuard, log: Metri
                    run_dir: Path):
     saved = saver.save(state, is_best=False)  # (refused, and the run stops, if the weights are not finite)
     if log:
-        log.write(End(step=state.step, reason="nan"))
-        log.close()
+        log.end(state.step, "nan")
     raise UserError(nan_stop_message(state.step, guard, lr, saved or run_dir / "checkpoints"))
+
+
+def _report_start(start: Start, lines: list[str], grew: dict | None, console: Console, log: MetricsLog | None) -> None:
+    """The launch on the console and as metrics.jsonl's start record (with the data's growth since the checkpoint)."""
+    for line in lines:
+        console.print(line)
+    if log:
+        log.write(start)
+        if grew:
+            log.write(DataGrew(step=start.step, **grew))
+
+
+def _eval_and_save(eval_point: EvalPoint, saver: Saver, state: TrainState, epoch: float, last_step: bool, due: bool,
+                   *, baseline: bool, always_save: bool) -> bool:
+    """An eval point: measure (a `baseline` after the data grew or changed starts the best val loss over), keep the
+    best val loss, save when due; whether this val loss is the best so far."""
+    eval_point.measure(state, epoch, last_step, sample=due)
+    if baseline:
+        state.best_val_loss = state.val_loss  # another val split: its best starts here
+    is_best = state.val_loss < state.best_val_loss
+    state.best_val_loss = min(state.best_val_loss, state.val_loss)
+    if due and state.step > 0 and (always_save or is_best) and not last_step:
+        saver.save(state, is_best)
+    return is_best
+
+
+def _stop_reason(stop: StopFlag, last_step: bool, max_seconds: float, train_seconds: float,
+                 device: torch.device) -> str | None:
+    """Why the run ends before this step, or None: the same answer on every rank."""
+    # ranks see signals and clocks at different moments: stop when any rank would (one all-reduce)
+    signalled, over_time = dist.any_true_each([stop.requested, bool(max_seconds) and train_seconds >= max_seconds],
+                                              device)
+    if last_step:
+        return "max_iters"
+    if signalled:
+        return f"signal {stop.signal_name}" if stop.requested else "signal (received by another rank)"
+    return "max_seconds" if over_time else None
+
+
+def _record_split(fit, cfg: Config, state: TrainState, run_dir: Path | None) -> Config:
+    """The config with the micro-batch an out-of-memory retry moved to, in the state and (rank 0) config.toml."""
+    cfg = fit.applied(cfg)
+    state.config = cfg.flat()
+    if run_dir is not None:
+        _write_config(run_dir, cfg)
+    return cfg
 
 
 def _outcome(state: TrainState, reason: str, run_dir: Path) -> dict:
     return {"step": state.step, "reason": reason, "best_val_loss": state.best_val_loss, "val_loss": state.val_loss,
             "run_dir": run_dir}
+
+
+def _finish(state: TrainState, reason: str, launch: float, run_dir: Path, console: Console,
+            log: MetricsLog | None) -> dict:
+    """The run's last line and record; what `train` returns."""
+    console.close()
+    console.print(f"done: {reason} at step {state.step}, {state.tokens_seen:,} tokens, best val loss "
+                  f"{state.best_val_loss:.4f}, {clock(time.time() - launch)} in all; run directory {run_dir}")
+    if log:
+        log.end(state.step, reason)
+    return _outcome(state, reason, run_dir)
 
 
 def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: contextlib.ExitStack) -> dict:
@@ -258,13 +314,8 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                          flops_per_token=flops_per_token, resumed_from=resumed_at, step=state.step,
                          lr_segments=state.lr_segments)
     log = _open_run_dir(run_dir, cfg, tokenizer, launch, fresh=resume is None) if main else None
-    for line in (start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)] + notes
-                 + [n for n in (fit.note, evals.note()) if n]):
-        console.print(line)
-    if log:
-        log.write(start)
-        if loader.grew:
-            log.write(DataGrew(step=state.step, **loader.grew))
+    _report_start(start, start_lines(start, cfg, dtype, use_compile, loader.grew) + [schedule.describe(state.step)]
+                  + notes + [n for n in (fit.note, evals.note()) if n], loader.grew, console, log)
     feed = HostToDevice(device)  # pinned staging buffers on CUDA, reused every step
     saver = Saver(run_dir, tc.keep_last, model, optimizer, scaler, loader, guard, fsdp, device, console, log)
     eval_point = _eval_point(cfg, evals, model, eval_model, tokenizer, device, autocast, fsdp, console, log)
@@ -280,22 +331,9 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
             # eval (and sample, and save) every eval_interval steps, except the step a resume starts at
             due = (step % tc.eval_interval == 0 or last_step) and step != resumed_at
             if due or step == baseline_at:
-                eval_point.measure(state, loader.epoch_float, last_step, sample=due)
-                if step == baseline_at:
-                    state.best_val_loss = state.val_loss  # another val split: its best starts here
-                is_best = state.val_loss < state.best_val_loss
-                state.best_val_loss = min(state.best_val_loss, state.val_loss)
-                if due and step > 0 and (tc.always_save_checkpoint or is_best) and not last_step:
-                    saver.save(state, is_best)
-            # ranks see signals and clocks at different moments: stop when any rank would (one all-reduce)
-            signalled, over_time = dist.any_true_each(
-                [stop.requested, bool(tc.max_seconds) and train_seconds >= tc.max_seconds], device)
-            if last_step:
-                reason = "max_iters"
-            elif signalled:
-                reason = f"signal {stop.signal_name}" if stop.requested else "signal (received by another rank)"
-            elif over_time:
-                reason = "max_seconds"
+                is_best = _eval_and_save(eval_point, saver, state, loader.epoch_float, last_step, due,
+                                         baseline=step == baseline_at, always_save=tc.always_save_checkpoint)
+            reason = _stop_reason(stop, last_step, tc.max_seconds, train_seconds, device)
             if reason:
                 if step != resumed_at:  # (a resume that stops at once already has this checkpoint)
                     saver.save(state, is_best)
@@ -308,10 +346,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                                 device=device, step_model=step_model, scaler=scaler, autocast=autocast,
                                 grad_clip=oc.grad_clip, skip_spikes=tc.skip_spikes, fsdp=fsdp, to_device=feed, fit=fit)
             if result.shrunk:  # out of memory: the run continues with smaller micro-batches; record them
-                cfg = fit.applied(cfg)
-                state.config = cfg.flat()
-                if main:
-                    _write_config(run_dir, cfg)
+                cfg = _record_split(fit, cfg, state, run_dir if main else None)
             state.step += 1
             state.tokens_seen += cfg.tokens_per_iter
             dt = time.time() - t0
@@ -329,10 +364,4 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
                     log.write(record)
             console.progress(state.step, max_iters, sum(step_times) / len(step_times))
 
-    console.close()
-    console.print(f"done: {reason} at step {state.step}, {state.tokens_seen:,} tokens, best val loss "
-                  f"{state.best_val_loss:.4f}, {clock(time.time() - launch)} in all; run directory {run_dir}")
-    if log:
-        log.write(End(step=state.step, reason=reason))
-        log.close()
-    return _outcome(state, reason, run_dir)
+    return _finish(state, reason, launch, run_dir, console, log)

@@ -27,7 +27,7 @@ from gptforge.train.checkpoint import (
     save_checkpoint,
 )
 from gptforge.train.console import Console
-from gptforge.train.events import Checkpoint, End, MetricsLog
+from gptforge.train.events import Checkpoint, MetricsLog
 from gptforge.train.guard import LossGuard
 from gptforge.train.loader import TrainLoader
 from gptforge.train.state import TrainState
@@ -179,8 +179,7 @@ class Saver:
         if failure:
             if self.log:
                 with contextlib.suppress(OSError, WriteFailed):  # (on a full disk, the line above is what matters)
-                    self.log.write(End(step=state.step, reason=failure[0]))
-                    self.log.close()
+                    self.log.end(state.step, failure[0])
             raise UserError(failure[1])
         if main:
             seconds = time.time() - t0
