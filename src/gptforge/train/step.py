@@ -84,8 +84,8 @@ def train_step(model: torch.nn.Module, optimizer, batches, *, step: int, guard: 
         scaler.unscale_(optimizer)  # records whether any gradient is inf/NaN, for update()
     if math.isfinite(grad_norm):
         # of the all-reduced (DDP) or all-reduced shard (FSDP) gradients: the same on every rank
-        parallel.clip_to_norm(model, grad_clip if grad_clip > 0 else math.inf,
-                              norm_t / scale_t if scaler else norm_t)
+        if grad_clip > 0:  # (0: no clipping, and no pass over the gradients to multiply them by 1)
+            parallel.clip_to_norm(model, grad_clip, norm_t / scale_t if scaler else norm_t)
         optimizer.step()
         if scaler:
             scaler.update()
