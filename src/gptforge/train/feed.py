@@ -32,13 +32,15 @@ class HostToDevice:
         self.stage = self.pin if stage is None else stage
         self.slots: dict[tuple, list[_Slot]] = {}  # by (x shape, y shape): the staging buffers
         self.turn = 0
-        self.buffers_made = 0
+
+    @property
+    def buffers_made(self) -> int:
+        return SLOTS * len(self.slots)
 
     def _slot(self, x: torch.Tensor, y: torch.Tensor) -> _Slot:
         key = (tuple(x.shape), tuple(y.shape), x.dtype)
         if key not in self.slots:
             self.slots[key] = [_Slot(x, y, self.pin) for _ in range(SLOTS)]
-            self.buffers_made += SLOTS
         self.turn = (self.turn + 1) % SLOTS
         return self.slots[key][self.turn]
 
