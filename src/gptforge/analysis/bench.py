@@ -22,6 +22,7 @@ from gptforge.model.gpt import GPT
 from gptforge.train import devices, dist, parallel
 from gptforge.train.devices import mfu, peak_flops
 from gptforge.train.feed import HostToDevice
+from gptforge.train.fit import micro_batching
 from gptforge.train.guard import LossGuard
 from gptforge.train.loader import StepBatches
 from gptforge.train.optim import build_optimizer
@@ -75,20 +76,13 @@ def bench(cfg: Config, steps: int = 20, warmup: int = 5) -> dict:
 
 def _bench(cfg: Config, device: torch.device, steps: int, warmup: int) -> dict:
     tc, world = cfg.train, dist.world_size()
-    if tc.gradient_accumulation_steps % world:
-        raise UserError(f"gradient_accumulation_steps ({tc.gradient_accumulation_steps}) must be divisible by the "
-                        f"number of processes ({world})")
-    dtype = devices.resolve_dtype(tc.dtype, device)
-    torch.manual_seed(tc.seed)
-    torch.set_float32_matmul_precision("high")
+    dtype, autocast, scaler = devices.set_up_precision(tc.dtype, device, tc.seed, tc.deterministic)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=cfg.model.vocab_size or GPT2_VOCAB)
     model = GPT(model_cfg)
-    use_compile = tc.compile == "true" or (tc.compile == "auto" and device.type == "cuda")
+    accum = micro_batching(cfg, model, device, autocast, fsdp=False, first_step=0).accum  # (checks the split)
+    use_compile = devices.use_compile(tc.compile, device)
     step_model, _ = parallel.wrap(model, fsdp=False, device=device, dtype=dtype, compile_model=use_compile)
     optimizer = build_optimizer(model, cfg.optim, device.type)
-    autocast = devices.autocast(device, dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    accum = tc.gradient_accumulation_steps // world
     data = SyntheticBatches(model_cfg.block_size, model_cfg.vocab_size, tc.seed + dist.rank())
     guard, feed = LossGuard(spike_sigma=0.0, max_nan_skips=steps + warmup, after_step=0), HostToDevice(device)
 

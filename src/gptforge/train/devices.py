@@ -53,6 +53,25 @@ def use_deterministic_kernels() -> None:
     torch.use_deterministic_algorithms(True)
 
 
+def set_up_precision(dtype_name: str, device: torch.device, seed: int, deterministic: bool):
+    """(dtype, autocast, scaler) for a training step, with the seed and the matmul and determinism settings in
+    place: what `train` and `bench` both run with."""
+    dtype = resolve_dtype(dtype_name, device)
+    torch.manual_seed(seed)  # the same on every rank: FSDP shards one identical initial model
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
+    if deterministic:
+        use_deterministic_kernels()
+    if device.type == "cuda":
+        torch.backends.cudnn.allow_tf32 = True
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return dtype, autocast(device, dtype), scaler
+
+
+def use_compile(setting: str, device: torch.device) -> bool:
+    """compile "auto": on CUDA only (on the CPU and MPS, compiling costs small models more than it gives)."""
+    return setting == "true" or (setting == "auto" and device.type == "cuda")
+
+
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)

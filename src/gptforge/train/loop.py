@@ -131,16 +131,8 @@ def _open_run_dir(run_dir: Path, cfg: Config, tokenizer: Tokenizer | None, launc
 def _precision(cfg: Config, device: torch.device, world: int):
     """(dtype, fsdp, autocast, scaler), with the seed and the matmul and determinism settings in place."""
     tc = cfg.train
-    dtype = devices.resolve_dtype(tc.dtype, device)
-    fsdp = parallel.use_fsdp(tc.fsdp, world, cfg.optim.optimizer, dtype)
-    torch.manual_seed(tc.seed)  # the same on every rank: FSDP shards one identical initial model
-    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere and newer
-    if tc.deterministic:
-        devices.use_deterministic_kernels()
-    if device.type == "cuda":
-        torch.backends.cudnn.allow_tf32 = True
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return dtype, fsdp, devices.autocast(device, dtype), scaler
+    dtype, autocast, scaler = devices.set_up_precision(tc.dtype, device, tc.seed, tc.deterministic)
+    return dtype, parallel.use_fsdp(tc.fsdp, world, cfg.optim.optimizer, dtype), autocast, scaler
 
 
 def _resume(run_dir: Path, cfg: Config, fsdp: bool, dataset, tokenizer_identity: dict | None, console: Console):
@@ -279,7 +271,7 @@ def _train(cfg: Config, device: torch.device, pretrained: GPT | None, writer: co
     fit = micro_batching(cfg, model, device, autocast, fsdp, first_step=resume.state.step if resume else 0)
     cfg = fit.applied(cfg)
     tc = cfg.train
-    use_compile = tc.compile == "true" or (tc.compile == "auto" and device.type == "cuda")
+    use_compile = devices.use_compile(tc.compile, device)
     # DDP / FSDP / plain; `model` keeps plain state_dict keys, step_model is what the step runs through
     step_model, eval_model = parallel.wrap(model, fsdp=fsdp, device=device, dtype=dtype, compile_model=use_compile)
     optimizer = build_optimizer(model, oc, device.type)
