@@ -20,6 +20,14 @@ def ppl(ppl: float) -> str:
     return f"{ppl:.2f}" if ppl < 1e6 else f"{ppl:.3g}"
 
 
+def byte_size(nbytes: int) -> str:
+    """3_600_000 -> '3.6 MB' (decimal units, as disks are sold)."""
+    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= div:
+            return f"{nbytes / div:,.1f} {unit}"
+    return f"{nbytes:,} bytes"
+
+
 def gib(nbytes: float) -> str:
     if nbytes < 0.1 * GIB:
         return f"{nbytes / 2**20:.1f} MiB"

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.fmt import byte_size
 
 LOCK_FILE = ".gptforge.lock"
 
@@ -204,15 +205,8 @@ def write_failure_line(failure: WriteFailed, needed: int | None = None) -> str:
     free = free_bytes(failure.path)
     sizes = []
     if needed is not None:
-        sizes.append(f"about {_size(needed)} needed")
+        sizes.append(f"about {byte_size(needed)} needed")
     if free is not None:
-        sizes.append(f"{_size(free)} free")
+        sizes.append(f"{byte_size(free)} free")
     return f"cannot write {failure.path}: the disk is full ({failure.error.strerror})" + (
         f": {', '.join(sizes)}" if sizes else "")
-
-
-def _size(nbytes: int) -> str:
-    for unit, div in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if nbytes >= div:
-            return f"{nbytes / div:,.1f} {unit}"
-    return f"{nbytes:,} bytes"
